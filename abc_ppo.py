@@ -1,0 +1,437 @@
+"""PPO for RLHF with dense rewards from the reward model's attention (ABC).
+
+Chan, Sun, Holt, van der Schaar, "Dense Reward for Free in Reinforcement Learning from
+Human Feedback", ICML 2024. A reward model (RM) gives one score per completion. Instead
+of putting it all on the last token, ABC spreads it with the RM's own last-layer
+attention a_t from the scoring position over the completion tokens:
+
+    r_t = beta * score * a_t + (1 - beta) * score * [t = last] - kl_coef * (log p(y_t) - log p_ref(y_t))
+
+Read top to bottom: arguments, data, models, rollout, scoring, rewards, GAE, PPO loss,
+checkpoints, training loop.
+
+    python abc_ppo.py --reward abc --beta 0.5
+"""
+import argparse
+import inspect
+import json
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from reward import REWARDS
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Arguments. The defaults are the paper's TRL 0.7.4 IMDb configuration.
+# ---------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reward", default="abc", choices=sorted(REWARDS), help="how the RM score becomes per-token rewards")
+    p.add_argument("--beta", type=float, default=0.5, help="abc: share of the score spread by attention, in [0, 1]")
+    p.add_argument("--policy", default="lvwerra/gpt2-imdb", help="hub name or local dir of a causal LM")
+    p.add_argument("--reward_model", default="XanderJC/gpt2-rm-imdb", help="hub name or local dir of a sequence classifier")
+    p.add_argument("--dataset", default="stanfordnlp/imdb", help="hub name, local dir, or .csv/.json/.jsonl file with a 'text' column")
+    p.add_argument("--min_chars", type=int, default=200, help="keep reviews longer than this many characters")
+    p.add_argument("--prompt_len", type=int, nargs=2, default=[2, 8], metavar=("MIN", "MAX"), help="prompt = first MIN..MAX tokens")
+    p.add_argument("--gen_len", type=int, nargs=2, default=[8, 16], metavar=("MIN", "MAX"), help="completion length drawn from MIN..MAX")
+    p.add_argument("--steps", type=int, default=150, help="PPO steps (one batch of rollouts each)")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--mini_batch_size", type=int, default=1, help="the paper's value; see README")
+    p.add_argument("--ppo_epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1.41e-5)
+    p.add_argument("--gamma", type=float, default=1.0)
+    p.add_argument("--lam", type=float, default=0.95)
+    p.add_argument("--cliprange", type=float, default=0.2)
+    p.add_argument("--cliprange_value", type=float, default=0.2)
+    p.add_argument("--vf_coef", type=float, default=0.1)
+    p.add_argument("--init_kl_coef", type=float, default=0.2)
+    p.add_argument("--target_kl", type=float, default=6.0, help="adaptive KL controller target")
+    p.add_argument("--kl_horizon", type=float, default=10000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="CUDA only: bfloat16 autocast (weights and optimizer stay float32)")
+    p.add_argument("--out_dir", default="runs/abc")
+    p.add_argument("--save_every", type=int, default=50, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    # One clear line and exit code 2 for bad flags, instead of usage text.
+    p.error = lambda msg: fail(msg)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.beta <= 1.0:
+        fail(f"--beta must be in [0, 1], got {args.beta}")
+    for name, (lo, hi) in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
+        if not 1 <= lo <= hi:
+            fail(f"{name} needs 1 <= MIN <= MAX, got {lo} {hi}")
+    if min(args.steps, args.batch_size, args.mini_batch_size, args.ppo_epochs) < 1:
+        fail("--steps, --batch_size, --mini_batch_size and --ppo_epochs must be positive")
+    if args.batch_size % args.mini_batch_size:
+        fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
+    return args
+
+
+def fail(msg):
+    """Bad input ends the run with one line on stderr and exit code 2."""
+    raise SystemExit(f"abc_ppo.py: error: {msg}")
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Data: review openings as prompts.
+# ---------------------------------------------------------------------------------------
+def load_texts(name, min_chars):
+    """The 'text' column of a hub dataset's train split or of a local file, keeping texts > min_chars."""
+    from datasets import load_dataset
+
+    ext = os.path.splitext(name)[1].lower()
+    fmt = {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(ext)
+    try:
+        ds = load_dataset(fmt, data_files=name, split="train") if fmt else load_dataset(name, split="train")
+    except Exception as e:  # offline hub, missing file, bad format: all end the same way
+        fail(f"cannot load dataset '{name}' ({first_line(e)}). Without the hub, pass a local "
+             ".csv/.jsonl file with a 'text' column via --dataset.")
+    if "text" not in ds.column_names:
+        fail(f"dataset '{name}' has no 'text' column (columns: {ds.column_names})")
+    texts = [t for t in ds["text"] if isinstance(t, str) and len(t) > min_chars]
+    if not texts:
+        fail(f"dataset '{name}' has no text longer than {min_chars} characters")
+    return texts
+
+
+def sample_prompts(texts, tok, n, lengths, gen):
+    """n random review openings, each cut to its own length in tokens, left-padded for generation.
+    Returns ids [B, P] and mask [B, P]."""
+    idx = torch.randint(len(texts), (n,), generator=gen).tolist()
+    ids = [tok(texts[i][:500])["input_ids"][:k] for i, k in zip(idx, lengths.tolist())]
+    P = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    # Left padding keeps every prompt's last token at column P-1, where generation continues.
+    input_ids = torch.tensor([[pad] * (P - len(x)) + x for x in ids])
+    mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids])
+    return input_ids, mask
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Models: policy, frozen reference, reward model, value head.
+# ---------------------------------------------------------------------------------------
+def load_models(args, device):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    def load(what, fn, name, **kw):
+        try:
+            return fn(name, **kw)
+        except Exception as e:
+            fail(f"cannot load {what} '{name}' ({first_line(e)}). Without the hub, pass a local "
+                 "directory saved with save_pretrained.")
+
+    tok = load("tokenizer", AutoTokenizer.from_pretrained, args.policy)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # GPT-2 has no pad token; pads are masked out anyway
+    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device)
+    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
+    ref.requires_grad_(False)
+
+    from transformers import AutoConfig
+    cfg = load("reward model", AutoConfig.from_pretrained, args.reward_model)
+    if not any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
+        fail(f"--reward_model '{args.reward_model}' is not a sequence classifier (architectures: {cfg.architectures})")
+    # Eager attention: SDPA in transformers 5 returns no attention weights, and ABC needs them.
+    rm = load("reward model", AutoModelForSequenceClassification.from_pretrained, args.reward_model,
+              attn_implementation="eager").to(device).eval()
+    rm.requires_grad_(False)
+    if getattr(rm, "score", None) is None or rm.config.num_labels > 2:
+        fail(f"--reward_model '{args.reward_model}' must be a decoder classifier with a 'score' head and 1 or 2 labels")
+    rm_tok = load("tokenizer", AutoTokenizer.from_pretrained, args.reward_model)
+    if rm_tok.get_vocab() != tok.get_vocab():
+        fail("the reward model's tokenizer differs from the policy's; scoring reuses the policy's "
+             "token ids, so both must share one tokenizer")
+
+    # Value head: V(s_t) = w . h_t + b on the policy's last hidden state, initialised small so
+    # that early value errors do not swamp the policy gradient through the shared trunk.
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device)
+    torch.nn.init.normal_(value_head.weight, std=0.01)
+    torch.nn.init.zeros_(value_head.bias)
+    return tok, policy, ref, rm, value_head
+
+
+def first_line(e):
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def positions(mask):
+    """Position ids that ignore padding, so a left-padded row is read as if unpadded: [B, L]."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Rollout: sample completions in one batched generate call.
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def rollout(policy, tok, prompt_ids, prompt_mask, lengths):
+    """Sample a completion for each prompt; row b stops at lengths[b] tokens or at its first EOS.
+    Returns seq [B, P+G] (prompt + completion) and the completion mask [B, G]."""
+    out = policy.generate(
+        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=int(lengths.max()),
+        do_sample=True, top_k=0, top_p=1.0,  # sample from the full distribution, as in the paper
+        # No min_new_tokens: suppressing EOS lets the policy push the KL estimate negative (TRL #1002).
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    P = prompt_ids.shape[1]
+    comp = out[:, P:]  # cut at the prompt length, not [-gen_len:], which breaks if generation stops early
+    G = comp.shape[1]
+    t = torch.arange(G, device=comp.device)
+    is_eos = comp == tok.eos_token_id
+    # The EOS itself is a real action; everything after it is padding.
+    first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(lengths, G))
+    mask = (t[None] < lengths[:, None]) & (t[None] <= first_eos[:, None])  # [B, G]
+    return out, mask.long()
+
+
+# ---------------------------------------------------------------------------------------
+# 5. Policy forward: log-probs, values and entropy of the completion tokens.
+# ---------------------------------------------------------------------------------------
+def forward(policy, value_head, seq, attn_mask, P):
+    """log pi(y_t | x, y_<t), V(x, y_<t) and the entropy of pi at each completion step.
+    The vocabulary head runs only on the G positions that predict completion tokens.
+    Returns logp [B, G], values [B, G], entropy [B, G]."""
+    h = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask)).last_hidden_state
+    h = h[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
+    logits = policy.get_output_embeddings()(h).float()  # [B, G, V]
+    logprobs = F.log_softmax(logits, dim=-1)
+    logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    values = value_head(h).squeeze(-1).float()
+    return logp, values, entropy
+
+
+# ---------------------------------------------------------------------------------------
+# 6. Scoring: one RM forward gives the score and the attention ABC needs.
+# ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def score(rm, seq, attn_mask):
+    """Score each row at its last real token and return that token's attention row.
+        score = logit_1 - logit_0 (two labels) or logit_0 (one label), read at i = last real token
+        attention_j = mean over heads of the last layer's softmax(q_i . k_j / sqrt(d))
+    Works under left or right padding and with an EOS inside the completion, because i is found
+    from attn_mask, not from pad ids (GPT-2 pads with EOS). Returns score [B] and attention [B, L]."""
+    out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
+                        output_attentions=True)
+    L = seq.shape[1]
+    last = (attn_mask * torch.arange(L, device=seq.device)).argmax(1)  # [B]
+    rows = torch.arange(seq.shape[0], device=seq.device)
+    logits = rm.score(out.last_hidden_state[rows, last]).float()  # [B, C]
+    s = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
+    attention = out.attentions[-1][rows, :, last].mean(1).float()  # [B, heads, L] -> [B, L]
+    return s, attention
+
+
+def per_token_rewards(scheme, **signals):
+    """Call the chosen scheme in reward.py with the signals it names (score, mask, attention, beta)."""
+    fn = REWARDS[scheme]
+    return fn(**{k: signals[k] for k in inspect.signature(fn).parameters})
+
+
+# ---------------------------------------------------------------------------------------
+# 7. Advantages: GAE over the completion tokens.
+# ---------------------------------------------------------------------------------------
+def gae(rewards, values, mask, gamma, lam):
+    """Generalised advantage estimation, with V = 0 after the last real token:
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t   (the value target)
+    rewards, values, mask: [B, T]. Returns advantages [B, T] and returns [B, T], zero where mask is 0."""
+    rewards, values = rewards * mask, values * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = delta + gamma * lam * next_adv
+        adv[:, t] = next_adv
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def whiten(x, mask):
+    """(x - mean) / std over the real tokens of the batch."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+class AdaptiveKL:
+    """Ziegler et al. (2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
+
+    def __init__(self, init, target, horizon):
+        self.value, self.target, self.horizon = init, target, horizon
+
+    def update(self, kl, n):
+        error = min(max(kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n / self.horizon
+
+
+# ---------------------------------------------------------------------------------------
+# 8. PPO loss: clipped policy objective plus clipped value loss.
+# ---------------------------------------------------------------------------------------
+def ppo_loss(logp, old_logp, values, old_values, adv, returns, mask, cliprange, cliprange_value, vf_coef):
+    """With ratio_t = exp(log pi(y_t) - log pi_old(y_t)), averaged over real tokens:
+        L_pi = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
+        L_V  = 0.5 * max((V_t - R_t)^2, (old_V_t + clip(V_t - old_V_t, -eps_v, eps_v) - R_t)^2)
+        loss = L_pi + vf_coef * L_V
+    All inputs [B, T]. Returns the loss and a dict of statistics."""
+    ratio = torch.exp(logp - old_logp)
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cliprange, 1 + cliprange))
+    v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    vf = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
+    pg_loss, vf_loss = masked_mean(pg, mask), masked_mean(vf, mask)
+    with torch.no_grad():
+        stats = dict(policy_loss=pg_loss.item(), value_loss=vf_loss.item(),
+                     clip_frac=masked_mean(((ratio - 1).abs() > cliprange).float(), mask).item(),
+                     approx_kl=masked_mean(0.5 * (logp - old_logp) ** 2, mask).item())
+    return pg_loss + vf_coef * vf_loss, stats
+
+
+# ---------------------------------------------------------------------------------------
+# 9. Checkpoints: everything needed to continue the run exactly where it stopped.
+# ---------------------------------------------------------------------------------------
+def save_checkpoint(out_dir, step, policy, tok, value_head, opt, kl_ctl, gen):
+    """Write to a temporary folder, then swap it in, so a crash never leaves half a checkpoint."""
+    final, tmp = os.path.join(out_dir, "checkpoint"), os.path.join(out_dir, "checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    torch.save(dict(step=step, value_head=value_head.state_dict(), opt=opt.state_dict(), kl_coef=kl_ctl.value,
+                    gen=gen.get_state(), torch_rng=torch.get_rng_state(), py_rng=random.getstate(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def load_checkpoint(out_dir, policy, value_head, opt, kl_ctl, gen, device):
+    """Restore the state saved above; returns the next step to run."""
+    from transformers import AutoModelForCausalLM
+
+    path = os.path.join(out_dir, "checkpoint")
+    try:
+        state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+        policy.load_state_dict(AutoModelForCausalLM.from_pretrained(path).state_dict())
+    except Exception as e:
+        fail(f"--resume: no usable checkpoint in {path} ({first_line(e)})")
+    policy.to(device)
+    value_head.load_state_dict(state["value_head"])
+    opt.load_state_dict(state["opt"])
+    kl_ctl.value = state["kl_coef"]
+    gen.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["py_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return state["step"] + 1
+
+
+# ---------------------------------------------------------------------------------------
+# 10. Training loop.
+# ---------------------------------------------------------------------------------------
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda, but no CUDA device is available")
+    if args.bf16 and device.type != "cuda":
+        fail("--bf16 needs a CUDA device; CPU runs stay float32")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
+
+    # Fail on an unwritable output folder before spending minutes on loading.
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+        metrics_file = open(os.path.join(args.out_dir, "metrics.jsonl"), "a" if args.resume else "w")
+    except OSError as e:
+        fail(f"cannot write to --out_dir '{args.out_dir}': {e.strerror}")
+
+    # Seeding: a CPU run with the same seed repeats exactly.
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # prompts and lengths, separate from sampling
+
+    texts = load_texts(args.dataset, args.min_chars)
+    tok, policy, ref, rm, value_head = load_models(args, device)
+    opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=args.lr)
+    kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
+    start = load_checkpoint(args.out_dir, policy, value_head, opt, kl_ctl, gen, device) if args.resume else 0
+
+    B, mb = args.batch_size, args.mini_batch_size
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)
+    for step in bar:
+        # --- Rollout: prompts -> sampled completions -------------------------------------
+        t0 = time.perf_counter()
+        prompt_len = torch.randint(args.prompt_len[0], args.prompt_len[1] + 1, (B,), generator=gen)
+        gen_len = torch.randint(args.gen_len[0], args.gen_len[1] + 1, (B,), generator=gen)
+        prompt_ids, prompt_mask = sample_prompts(texts, tok, B, prompt_len, gen)
+        prompt_ids, prompt_mask, gen_len = prompt_ids.to(device), prompt_mask.to(device), gen_len.to(device)
+        policy.eval()  # no dropout while sampling or computing old log-probs
+        with autocast:
+            seq, mask = rollout(policy, tok, prompt_ids, prompt_mask, gen_len)  # [B, P+G], [B, G]
+        P = prompt_ids.shape[1]
+        attn_mask = torch.cat([prompt_mask, mask], 1)  # [B, P+G]
+        t1 = time.perf_counter()
+
+        # --- Scoring: RM score and attention, old and reference log-probs ---------------
+        with torch.no_grad(), autocast:
+            rm_score, attention = score(rm, seq, attn_mask)  # [B], [B, P+G]
+            old_logp, old_values, _ = forward(policy, value_head, seq, attn_mask, P)  # [B, G] each
+            ref_logp, _, _ = forward(ref, value_head, seq, attn_mask, P)
+        mask_f = mask.float()
+        kl = (old_logp - ref_logp) * mask_f  # [B, G] per-token KL estimate
+        scheme = per_token_rewards(args.reward, score=rm_score, mask=mask_f,
+                                   attention=attention[:, P:], beta=args.beta)  # [B, G]
+        rewards = scheme - kl_ctl.value * kl
+        adv, returns = gae(rewards, old_values, mask_f, args.gamma, args.lam)
+        adv = whiten(adv, mask_f)
+        t2 = time.perf_counter()
+
+        # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
+        policy.train()
+        stats, entropies = [], []
+        for _ in range(args.ppo_epochs):
+            for idx in torch.randperm(B, generator=gen).split(mb):
+                idx = idx.to(device)
+                # Trim columns that are padding for every row of this mini-batch.
+                with autocast:
+                    logp, values, entropy = forward(policy, value_head, seq[idx], attn_mask[idx], P)
+                    loss, s = ppo_loss(logp, old_logp[idx], values, old_values[idx], adv[idx], returns[idx],
+                                       mask_f[idx], args.cliprange, args.cliprange_value, args.vf_coef)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                stats.append(s)
+                entropies.append(masked_mean(entropy.detach(), mask_f[idx]).item())
+        mean_kl = kl.sum(1).mean().item()
+        kl_ctl.update(mean_kl, B)
+        t3 = time.perf_counter()
+
+        # --- Logging: one JSON line per step, flushed at once ---------------------------
+        row = dict(step=step, reward_mean=rm_score.mean().item(), reward_std=rm_score.std().item(),
+                   kl=mean_kl, kl_coef=kl_ctl.value,
+                   **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
+                   entropy=sum(entropies) / len(entropies), completion_len=mask_f.sum(1).mean().item(),
+                   time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_checkpoint(args.out_dir, step, policy, tok, value_head, opt, kl_ctl, gen)
+    metrics_file.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Reward schemes: turn one reward-model score per completion into per-token rewards.
+
+Every function is pure tensor code and returns float rewards r of shape [B, T] with
+    r[b, t] = 0 where mask[b, t] = 0,   and   sum_t r[b, t] = score[b].
+`mask` is 1 on real completion tokens and 0 on padding or on anything after the end
+of the completion. Each function names the signals it needs as its arguments
+(score, mask, attention, beta); abc_ppo.py passes them by those names.
+"""
+import torch
+
+
+def _last_token(mask):
+    """One-hot of the last real token of each row: [B, T] -> [B, T]."""
+    T = mask.shape[1]
+    pos = torch.arange(T, device=mask.device)
+    last = (mask.long() * pos).argmax(dim=1)  # [B] largest index with mask 1
+    return torch.nn.functional.one_hot(last, T).to(torch.float32) * mask
+
+
+def _check(score, mask):
+    if score.dim() != 1 or mask.dim() != 2 or score.shape[0] != mask.shape[0]:
+        raise ValueError(f"expected score [B] and mask [B, T], got {tuple(score.shape)} and {tuple(mask.shape)}")
+    if not bool((mask.sum(1) > 0).all()):
+        raise ValueError("every row of mask needs at least one completion token")
+
+
+def sparse(score, mask):
+    """Classic RLHF: the whole score on the last completion token.
+        r_t = score * [t = last]
+    """
+    _check(score, mask)
+    return score.float()[:, None] * _last_token(mask)
+
+
+def uniform(score, mask):
+    """The score split evenly over the n completion tokens.
+        r_t = score / n
+    """
+    _check(score, mask)
+    m = mask.float()
+    return score.float()[:, None] * m / m.sum(1, keepdim=True)
+
+
+def abc(score, attention, mask, beta):
+    """Attention Based Credit (Chan et al., 2024).
+    `attention` [B, T] is the reward model's last-layer attention, averaged over heads,
+    from the position where the score is read to each completion token. Renormalised
+    over the completion tokens only,
+        a_t = attention_t * mask_t / sum_s attention_s * mask_s,
+    the score is spread as
+        r_t = beta * score * a_t + (1 - beta) * score * [t = last].
+    beta = 0 is `sparse`; beta = 1 puts all credit where the reward model looked.
+    """
+    _check(score, mask)
+    if not 0.0 <= float(beta) <= 1.0:
+        raise ValueError(f"beta must be in [0, 1], got {beta}")
+    if attention.shape != mask.shape:
+        raise ValueError(f"attention {tuple(attention.shape)} must match mask {tuple(mask.shape)}")
+    a = attention.float().clamp(min=0) * mask.float()
+    total = a.sum(1, keepdim=True)
+    # A row with no attention mass at all (possible only in degenerate models) falls back to uniform.
+    a = torch.where(total > 0, a / total.clamp(min=1e-30), mask.float() / mask.float().sum(1, keepdim=True))
+    s = score.float()[:, None]
+    return beta * s * a + (1.0 - beta) * s * _last_token(mask)
+
+
+REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc}

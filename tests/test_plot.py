@@ -1,0 +1,125 @@
+"""Tests for plot.py on a tiny hand-made OUT dir (numbers worked out by hand below)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import plot  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def line(step, r, kl=0.1, tg=1.0, ts=0.5, to=0.5):
+    return json.dumps(dict(step=step, reward_mean=r, reward_std=1.0, kl=kl, kl_coef=0.05, policy_loss=0.0,
+                           value_loss=0.0, entropy=1.0, clip_frac=0.0, approx_kl=0.0, completion_len=10.0,
+                           time_generate=tg, time_score=ts, time_optimize=to))
+
+
+def write(out, scheme, seed, lines):
+    d = out / scheme / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def out(tmp_path):
+    # sparse: seed0 rewards [1,2,3,2]; seed1 [3,4,5,4] after dropping resume duplicates and the extra step 4.
+    #   per-seed means 2, 4 -> 3.00 ± 2*std([2,4],ddof=1)/sqrt(2) = 2*sqrt(2)/sqrt(2) = 2.00; final 3.00
+    #   seed-mean curve [2,3,4,3] -> best sparse = 4, first reached at step 2; s/step = 1+0.5+0.5 = 2.00
+    write(tmp_path, "sparse", 0, [line(t, r) for t, r in enumerate([1, 2, 3, 2])])
+    write(tmp_path, "sparse", 1, [line(0, 3), line(1, 100), line(2, 100),  # crashed, resumed from step 1
+                                  line(1, 4), line(2, 5), line(3, 4), line(4, 1000)])  # step 4: longer run
+    # abc: seeds [2,4,6,8], [3,5,5,7], [1,3,4,6] -> means 5, 5, 3.5 -> 4.50; std(ddof=1) = sqrt(0.75)
+    #   -> 2*sqrt(0.75)/sqrt(3) = 1.00; final 4.50; curve [2,4,5,7] >= 4 first at step 1
+    #   seed 2 has KL < 0 at step 2; times: seed0 totals t+1 = 1,2,3,4, others 1 -> (10+4+4)/12 = 1.50
+    write(tmp_path, "abc", 0, [line(t, r, tg=t, ts=0, to=1) for t, r in enumerate([2, 4, 6, 8])])
+    write(tmp_path, "abc", 1, [line(t, r, tg=1, ts=0, to=0) for t, r in enumerate([3, 5, 5, 7])])
+    write(tmp_path, "abc", 2, [line(t, r, kl=[0.1, 0.0, -0.2, 0.3][t], tg=0.5, ts=0.25, to=0.25)
+                               for t, r in enumerate([1, 3, 4, 6])])
+    return tmp_path
+
+
+def check_outputs(out):
+    for name in ["reward.png", "kl.png"]:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 1000
+    md = (out / "results.md").read_text()
+    assert "mean reward, steps 0-3 ± 2 s.e." in md
+    assert "| sparse | 2 | 3.00 ± 2.00 | 3.00 | 2 | 0 | 2.00 |" in md
+    assert "| abc | 3 | 4.50 ± 1.00 | 4.50 | 1 | 1 | 1.50 |" in md
+    assert md.index("| sparse |") < md.index("| abc |")  # default order: sparse, uniform, abc, ...
+    assert "Read 5 runs" in md
+
+
+def test_load_runs(out):
+    runs = plot.load_runs(str(out))
+    assert sorted(runs) == ["abc", "sparse"] and len(runs["sparse"]) == 2 and len(runs["abc"]) == 3
+    assert runs["sparse"][1]["step"].tolist() == [0, 1, 2, 3]  # dedup keeps the last line, truncates to common
+    assert runs["sparse"][1]["reward_mean"].tolist() == [3, 4, 5, 4]
+
+
+def test_summarise_numbers(out):
+    rows = {r["scheme"]: r for r in plot.summarise(plot.load_runs(str(out)))}
+    s, a = rows["sparse"], rows["abc"]
+    assert (s["early_mean"], s["early_2se"], s["final"]) == pytest.approx((3.0, 2.0, 3.0))
+    assert (a["early_mean"], a["early_2se"], a["final"]) == pytest.approx((4.5, 1.0, 4.5))
+    assert (s["first_best"], a["first_best"]) == (2, 1)
+    assert (s["kl_neg"], a["kl_neg"]) == (0, 1)
+    assert (s["sec_per_step"], a["sec_per_step"]) == pytest.approx((2.0, 1.5))
+    assert s["early_upto"] == a["early_upto"] == 3
+
+
+def test_windows(out):
+    # steps 0-1 only: sparse means 1.5, 3.5 -> 2.5 ± 2.0; last 2 steps: [3,2], [5,4] -> 2.5, 4.5 -> 3.5
+    s = plot.summarise(plot.load_runs(str(out)), upto=1, last=2)[0]
+    assert s["scheme"] == "sparse" and s["early_upto"] == 1
+    assert (s["early_mean"], s["early_2se"], s["final"]) == pytest.approx((2.5, 2.0, 3.5))
+
+
+def test_no_sparse_and_one_seed(tmp_path):
+    write(tmp_path, "abc", 0, [line(t, r) for t, r in enumerate([1, 2])])
+    (r,) = plot.main([str(tmp_path)])
+    assert r["first_best"] is None and r["early_2se"] == 0.0 and r["early_mean"] == pytest.approx(1.5)
+    assert "| abc | 1 | 1.50 ± 0.00 | 1.50 | - | 0 | 2.00 |" in (tmp_path / "results.md").read_text()
+
+
+def test_never_and_order(out):
+    write(out, "uniform", 0, [line(t, 0.0) for t in range(4)])
+    rows = plot.main([str(out), "--order", "abc"])
+    assert [r["scheme"] for r in rows] == ["abc", "sparse", "uniform"]
+    assert rows[2]["first_best"] == "never"
+    assert "| uniform | 1 | 0.00 ± 0.00 | 0.00 | never | 0 | 2.00 |" in (out / "results.md").read_text()
+
+
+def test_main_function(out):
+    plot.main([str(out)])
+    check_outputs(out)
+
+
+def test_cli(out):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(out)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    check_outputs(out)
+
+
+@pytest.mark.parametrize("sub", ["empty", "missing"])
+def test_bad_input(tmp_path, sub):
+    d = tmp_path / sub
+    if sub == "empty":
+        d.mkdir()
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(d)], capture_output=True, text=True)
+    assert p.returncode != 0
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert str(d) in p.stderr
+    with pytest.raises(SystemExit):
+        plot.main([str(d)])
+
+
+def test_bad_line(tmp_path):
+    write(tmp_path, "abc", 0, [line(0, 1.0), "{not json"])
+    with pytest.raises(SystemExit, match="metrics.jsonl:2"):
+        plot.main([str(tmp_path)])
