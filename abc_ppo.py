@@ -76,8 +76,9 @@ def parse_args(argv=None):
 
 
 def fail(msg):
-    """Bad input ends the run with one line on stderr and exit code 2."""
-    raise SystemExit(f"abc_ppo.py: error: {msg}")
+    """Bad input ends the run with one line on stderr and exit code 2, never a traceback."""
+    print(f"abc_ppo.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,7 +86,9 @@ def fail(msg):
 # ---------------------------------------------------------------------------------------
 def load_texts(name, min_chars):
     """The 'text' column of a hub dataset's train split or of a local file, keeping texts > min_chars."""
-    from datasets import load_dataset
+    from datasets import disable_progress_bars, load_dataset
+
+    disable_progress_bars()
 
     ext = os.path.splitext(name)[1].lower()
     fmt = {".csv": "csv", ".json": "json", ".jsonl": "json"}.get(ext)
@@ -119,7 +122,10 @@ def sample_prompts(texts, tok, n, lengths, gen):
 # 3. Models: policy, frozen reference, reward model, value head.
 # ---------------------------------------------------------------------------------------
 def load_models(args, device):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # keep the terminal for the training bar
 
     def load(what, fn, name, **kw):
         try:
@@ -128,17 +134,17 @@ def load_models(args, device):
             fail(f"cannot load {what} '{name}' ({first_line(e)}). Without the hub, pass a local "
                  "directory saved with save_pretrained.")
 
-    tok = load("tokenizer", AutoTokenizer.from_pretrained, args.policy)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token  # GPT-2 has no pad token; pads are masked out anyway
-    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device)
-    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
-    ref.requires_grad_(False)
-
-    from transformers import AutoConfig
     cfg = load("reward model", AutoConfig.from_pretrained, args.reward_model)
     if not any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
         fail(f"--reward_model '{args.reward_model}' is not a sequence classifier (architectures: {cfg.architectures})")
+    tok = load("tokenizer", AutoTokenizer.from_pretrained, args.policy)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # GPT-2 has no pad token; pads are masked out anyway
+    # Dropout stays off (eval mode) throughout: with it, the PPO ratio would differ from 1 on
+    # the first update from noise alone, and old and new log-probs would not be comparable.
+    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
+    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
+    ref.requires_grad_(False)
     # Eager attention: SDPA in transformers 5 returns no attention weights, and ABC needs them.
     rm = load("reward model", AutoModelForSequenceClassification.from_pretrained, args.reward_model,
               attn_implementation="eager").to(device).eval()
@@ -202,7 +208,8 @@ def forward(policy, value_head, seq, attn_mask, P):
     logits = policy.get_output_embeddings()(h).float()  # [B, G, V]
     logprobs = F.log_softmax(logits, dim=-1)
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    with torch.no_grad():  # logged only
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
     values = value_head(h).squeeze(-1).float()
     return logp, values, entropy
 
@@ -378,7 +385,6 @@ def main(argv=None):
         gen_len = torch.randint(args.gen_len[0], args.gen_len[1] + 1, (B,), generator=gen)
         prompt_ids, prompt_mask = sample_prompts(texts, tok, B, prompt_len, gen)
         prompt_ids, prompt_mask, gen_len = prompt_ids.to(device), prompt_mask.to(device), gen_len.to(device)
-        policy.eval()  # no dropout while sampling or computing old log-probs
         with autocast:
             seq, mask = rollout(policy, tok, prompt_ids, prompt_mask, gen_len)  # [B, P+G], [B, G]
         P = prompt_ids.shape[1]
@@ -392,20 +398,19 @@ def main(argv=None):
             ref_logp, _, _ = forward(ref, value_head, seq, attn_mask, P)
         mask_f = mask.float()
         kl = (old_logp - ref_logp) * mask_f  # [B, G] per-token KL estimate
+        kl_coef = kl_ctl.value
         scheme = per_token_rewards(args.reward, score=rm_score, mask=mask_f,
                                    attention=attention[:, P:], beta=args.beta)  # [B, G]
-        rewards = scheme - kl_ctl.value * kl
+        rewards = scheme - kl_coef * kl
         adv, returns = gae(rewards, old_values, mask_f, args.gamma, args.lam)
         adv = whiten(adv, mask_f)
         t2 = time.perf_counter()
 
         # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
-        policy.train()
         stats, entropies = [], []
         for _ in range(args.ppo_epochs):
             for idx in torch.randperm(B, generator=gen).split(mb):
                 idx = idx.to(device)
-                # Trim columns that are padding for every row of this mini-batch.
                 with autocast:
                     logp, values, entropy = forward(policy, value_head, seq[idx], attn_mask[idx], P)
                     loss, s = ppo_loss(logp, old_logp[idx], values, old_values[idx], adv[idx], returns[idx],
@@ -421,7 +426,7 @@ def main(argv=None):
 
         # --- Logging: one JSON line per step, flushed at once ---------------------------
         row = dict(step=step, reward_mean=rm_score.mean().item(), reward_std=rm_score.std().item(),
-                   kl=mean_kl, kl_coef=kl_ctl.value,
+                   kl=mean_kl, kl_coef=kl_coef,
                    **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
                    entropy=sum(entropies) / len(entropies), completion_len=mask_f.sum(1).mean().item(),
                    time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)

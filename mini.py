@@ -1,0 +1,222 @@
+"""The `mini` preset: a small GPT-2 policy and reward model built offline from our own reviews.
+
+    python mini.py                       # build from data/reviews.jsonl into ~/.cache/abc-ppo/mini
+    python mini.py --data my.jsonl --mini_dir DIR   # any labelled .jsonl/.csv with text and label
+
+It trains, on 2 CPU cores in about a minute:
+  1. a byte-level BPE tokenizer on the review texts;
+  2. a tiny GPT2LMHeadModel, pretrained as a language model on the reviews (the policy);
+  3. a tiny GPT2ForSequenceClassification with two labels, initialised from that language model
+     and fine-tuned on the labels (the reward model, score = logit[1] - logit[0] as in the paper).
+All three are ordinary Hugging Face checkpoints, loaded by abc_ppo.py with from_pretrained.
+This is a small model trained on ~600 project-written reviews, not GPT-2 124M on IMDb.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(HERE, "data", "reviews.jsonl")
+MINI_DIR = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
+EOS = "<|endoftext|>"
+SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=64)  # ~0.9M parameters with a 1024 vocab
+
+
+def read_reviews(path):
+    """(texts, labels) from a .jsonl or .csv file with 'text' and 'label' (1 positive, 0 negative)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f)) if path.endswith(".csv") else [json.loads(l) for l in f if l.strip()]
+    try:
+        texts, labels = [str(r["text"]).strip() for r in rows], [int(r["label"]) for r in rows]
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: every row needs a 'text' and an integer 'label' ({e!r})") from None
+    if len(texts) < 20 or set(labels) != {0, 1}:
+        raise ValueError(f"{path}: need at least 20 rows with both labels 0 and 1")
+    return texts, labels
+
+
+def heldout(texts):
+    """Deterministic held-out split: a review is held out if its hash falls in the last 15%."""
+    return [int(hashlib.sha1(t.encode()).hexdigest(), 16) % 100 >= 85 for t in texts]
+
+
+def train_tokenizer(texts, vocab_size=1024):
+    """GPT-2 style byte-level BPE trained on `texts`, wrapped as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS)
+
+
+def gpt2_config(tok, **kw):
+    from transformers import GPT2Config
+
+    eos = tok.eos_token_id
+    return GPT2Config(**{"vocab_size": len(tok), "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, **SIZE, **kw})
+
+
+def batches(tok, texts, bs, steps, gen, max_len):
+    """`steps` random batches of right-padded token ids [B, L] and masks [B, L]."""
+    for _ in range(steps):
+        idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        yield idx, enc["input_ids"], enc["attention_mask"]
+
+
+def pretrain_lm(lm, tok, texts, steps=400, bs=32, lr=2e-3, seed=0, desc="policy LM"):
+    """Next-token cross-entropy on review + EOS, so the policy learns to end reviews too."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    lm.train()
+    bar = tqdm(batches(tok, [t + EOS for t in texts], bs, steps, gen, lm.config.n_positions), total=steps, desc=desc)
+    for _, ids, mask in bar:
+        loss = lm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.2f}")
+    return lm.eval()
+
+
+def rm_logits(rm, ids, mask):
+    """Two-label logits read at the last real token of right-padded rows: [B, 2]."""
+    h = rm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    last = mask.sum(1) - 1
+    return rm.score(h[torch.arange(len(ids)), last])
+
+
+def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0):
+    """Cross-entropy on the labels. Half the examples are cut to a random prefix (and the rest
+    end in EOS), because the policy's completions are scored after 8-16 tokens, often mid-sentence."""
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    ids_all = [tok(t)["input_ids"] for t in texts]
+    rm.train()
+    bar = tqdm(range(steps), desc="reward model")
+    for _ in bar:
+        idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
+        rows = [ids_all[i][:rng.randint(4, len(ids_all[i]))] if rng.random() < 0.5 else ids_all[i] + [tok.eos_token_id]
+                for i in idx]
+        rows = [r[-rm.config.n_positions:] for r in rows]
+        L = max(map(len, rows))
+        ids = torch.tensor([r + [tok.eos_token_id] * (L - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
+        loss = F.cross_entropy(rm_logits(rm, ids, mask), torch.tensor([labels[i] for i in idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.2f}")
+    return rm.eval()
+
+
+@torch.no_grad()
+def accuracy(rm, tok, texts, labels):
+    """Share of reviews (+ EOS) whose score logit[1] - logit[0] has the label's sign."""
+    enc = tok([t + EOS for t in texts], padding=True, return_tensors="pt")
+    logits = rm_logits(rm, enc["input_ids"], enc["attention_mask"])
+    return ((logits[:, 1] > logits[:, 0]).long() == torch.tensor(labels)).float().mean().item()
+
+
+def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300):
+    """Train tokenizer, policy and reward model on `data`; write them and manifest.json to `out`."""
+    import tokenizers
+    import transformers
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    texts, labels = read_reviews(data)
+    held = heldout(texts)
+    train = [(t, l) for t, l, h in zip(texts, labels, held) if not h]
+    test = [(t, l) for t, l, h in zip(texts, labels, held) if h]
+    tok = train_tokenizer([t for t, _ in train])
+    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok)), tok, [t for t, _ in train], steps=lm_steps, seed=seed)
+    rm = GPT2ForSequenceClassification(gpt2_config(tok, num_labels=2))
+    rm.transformer.load_state_dict(lm.transformer.state_dict())  # start from the LM, as the paper's RM starts from GPT-2
+    rm = train_rm(rm, tok, [t for t, _ in train], [l for _, l in train], steps=rm_steps, seed=seed)
+    acc = accuracy(rm, tok, *zip(*test))
+
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, model in (("policy", lm), ("reward_model", rm)):
+        model.save_pretrained(os.path.join(tmp, name))
+        tok.save_pretrained(os.path.join(tmp, name))
+    with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
+        f.writelines(json.dumps({"text": t, "label": l}) + "\n" for t, l in test)
+    with open(data, "rb") as f:
+        corpus_hash = hashlib.sha256(f.read()).hexdigest()
+    manifest = dict(data=os.path.abspath(data), corpus_sha256=corpus_hash, reviews=len(texts), heldout=len(test),
+                    rm_heldout_accuracy=round(acc, 4), vocab_size=len(tok), size=SIZE,
+                    policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
+                    seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
+                    transformers=transformers.__version__, tokenizers=tokenizers.__version__)
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # the cache appears whole or not at all
+    print(f"mini: built {out} in {manifest['build_seconds']}s; reward model held-out accuracy {acc:.1%} "
+          f"on {len(test)} reviews", file=sys.stderr)
+    return manifest
+
+
+def check(out):
+    """Raise ValueError if the cache at `out` is missing, partial or corrupt; else return its manifest."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    try:
+        with open(os.path.join(out, "manifest.json")) as f:
+            manifest = json.load(f)
+        AutoModelForCausalLM.from_pretrained(os.path.join(out, "policy"))
+        AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "reward_model"))
+        if not os.path.getsize(os.path.join(out, "prompts.jsonl")):
+            raise ValueError("prompts.jsonl is empty")
+    except Exception as e:
+        raise ValueError(f"{out}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+    return manifest
+
+
+def ensure(out=MINI_DIR, data=CORPUS):
+    """Reuse a sound cache built from the same data; rebuild a missing, stale or corrupt one."""
+    if os.path.exists(out):
+        try:
+            manifest = check(out)
+            with open(data, "rb") as f:
+                if manifest["corpus_sha256"] == hashlib.sha256(f.read()).hexdigest():
+                    return manifest
+            print(f"mini: {data} changed since {out} was built; rebuilding", file=sys.stderr)
+        except ValueError as e:
+            print(f"mini: cache is corrupt or partial ({e}); rebuilding", file=sys.stderr)
+    return build(data, out)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Build the mini preset (tokenizer, policy, reward model).")
+    p.add_argument("--data", default=CORPUS, help="labelled .jsonl or .csv with 'text' and 'label' columns")
+    p.add_argument("--mini_dir", default=MINI_DIR)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    try:
+        build(a.data, a.mini_dir, a.seed)
+    except (OSError, ValueError) as e:
+        sys.exit(f"mini.py: error: {e}")

@@ -1,0 +1,61 @@
+"""Tiny models and data built once per test session and saved with save_pretrained, so the tests
+load them through the same from_pretrained code as hub names. No network is touched."""
+import json
+import os
+import random
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ["HF_HUB_OFFLINE"] = "1"  # any hub access fails at once instead of retrying
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import mini  # noqa: E402
+
+WORDS = "the a film movie plot actor music scene story was is and very quite long short slow bad dull".split()
+GOOD = "good"  # the token the test reward model prefers
+TINY = dict(n_layer=2, n_embd=32, n_head=2, n_positions=64)
+
+
+def synthetic_texts(n, seed=0):
+    """Random word strings; label 1 iff the word 'good' occurs (about a third of them)."""
+    rng = random.Random(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 12))]
+        if rng.random() < 0.35:
+            words[rng.randrange(2, len(words))] = GOOD
+        texts.append(" ".join(words))
+        labels.append(int(GOOD in words))
+    return texts, labels
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny policy, and a reward model that scores texts by whether they contain ' good'."""
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    texts, labels = synthetic_texts(800)
+    tok = mini.train_tokenizer(texts, vocab_size=300)
+    lm = mini.pretrain_lm(GPT2LMHeadModel(mini.gpt2_config(tok, **TINY)), tok, texts, steps=150, lr=3e-3)
+    rm = GPT2ForSequenceClassification(mini.gpt2_config(tok, num_labels=2, **TINY))
+    rm = mini.train_rm(rm, tok, texts, labels, steps=150, lr=3e-3)
+    paths = dict(policy=root / "policy", reward_model=root / "reward_model", data=root / "prompts.jsonl")
+    for name, model in (("policy", lm), ("reward_model", rm)):
+        model.save_pretrained(paths[name])
+        tok.save_pretrained(paths[name])
+    with open(paths["data"], "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts[:200])
+    return {k: str(v) for k, v in paths.items()} | dict(accuracy=mini.accuracy(rm, tok, texts[-200:], labels[-200:]))
+
+
+def tiny_args(tiny, out_dir, *extra):
+    """Command-line flags for a short, fast run on the tiny models."""
+    return ["--policy", tiny["policy"], "--reward_model", tiny["reward_model"], "--dataset", tiny["data"],
+            "--min_chars", "0", "--prompt_len", "2", "4", "--out_dir", str(out_dir), "--batch_size", "8",
+            "--mini_batch_size", "4", "--ppo_epochs", "2", "--lr", "1e-3", *extra]

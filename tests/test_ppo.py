@@ -1,0 +1,209 @@
+"""Scoring positions, GAE, PPO clipping, rollout masks, and short end-to-end runs of abc_ppo.py."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, tiny_args
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import abc_ppo
+
+KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clip_frac",
+        "approx_kl", "completion_len", "time_generate", "time_score", "time_optimize"}
+
+
+# --- Scoring: the score position and the ABC attention row agree under any padding ----------
+@pytest.fixture(scope="module")
+def rm_and_tok(tiny):
+    return (AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval(),
+            AutoTokenizer.from_pretrained(tiny["reward_model"]))
+
+
+def alone(rm, prompt, completion):
+    """Score and completion attention of one unpadded sequence: the reference values."""
+    ids = torch.tensor([prompt + completion])
+    s, a = abc_ppo.score(rm, ids, torch.ones_like(ids))
+    return s[0], a[0, len(prompt):]
+
+
+def test_score_and_attention_agree_under_left_and_right_padding(rm_and_tok):
+    rm, tok = rm_and_tok
+    pairs = [(tok("the film was")["input_ids"], tok(" very good and long")["input_ids"]),
+             (tok("a")["input_ids"], tok(" slow story")["input_ids"])]
+    pad = tok.eos_token_id
+    L = max(len(p) + len(c) for p, c in pairs)
+    for side in ("left", "right"):
+        rows, masks, starts = [], [], []
+        for p, c in pairs:
+            n = L - len(p) - len(c)
+            row = [pad] * n + p + c if side == "left" else p + c + [pad] * n
+            rows.append(row)
+            masks.append([0] * n + [1] * (len(p) + len(c)) if side == "left" else [1] * (len(p) + len(c)) + [0] * n)
+            starts.append(n + len(p) if side == "left" else len(p))
+        s, a = abc_ppo.score(rm, torch.tensor(rows), torch.tensor(masks))
+        for b, (p, c) in enumerate(pairs):
+            s1, a1 = alone(rm, p, c)
+            torch.testing.assert_close(s[b], s1, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a[b, starts[b]:starts[b] + len(c)], a1, atol=1e-5, rtol=1e-5)
+
+
+def test_score_is_read_at_an_eos_inside_the_completion(rm_and_tok):
+    rm, tok = rm_and_tok
+    p, c = tok("the plot")["input_ids"], tok(" was good")["input_ids"] + [tok.eos_token_id]
+    junk = tok(" bad bad dull")["input_ids"]
+    ids = torch.tensor([[tok.eos_token_id] + p + c + junk])  # one left pad, then junk after the EOS
+    mask = torch.tensor([[0] + [1] * (len(p) + len(c)) + [0] * len(junk)])
+    s, a = abc_ppo.score(rm, ids, mask)
+    s1, a1 = alone(rm, p, c)
+    torch.testing.assert_close(s[0], s1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[0, 1 + len(p):1 + len(p) + len(c)], a1, atol=1e-5, rtol=1e-5)
+    assert a[0, -len(junk):].abs().max() == 0  # nothing after the EOS is attended to
+
+
+def test_test_reward_model_prefers_the_known_token(tiny):
+    assert tiny["accuracy"] > 0.9
+
+
+# --- Rollout ---------------------------------------------------------------------------------
+def test_rollout_masks_lengths_and_eos(tiny):
+    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    policy = AutoModelForCausalLM.from_pretrained(tiny["policy"]).eval()
+    torch.manual_seed(0)
+    prompts = ["the film", "a slow movie was", "the"]
+    ids = [tok(t)["input_ids"] for t in prompts]
+    P = max(map(len, ids))
+    prompt_ids = torch.tensor([[tok.eos_token_id] * (P - len(x)) + x for x in ids])
+    prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids])
+    lengths = torch.tensor([3, 9, 6])
+    for _ in range(5):
+        seq, mask = abc_ppo.rollout(policy, tok, prompt_ids, prompt_mask, lengths)
+        assert torch.equal(seq[:, :P], prompt_ids)  # completion is cut at the prompt length
+        comp = seq[:, P:]
+        for b in range(3):
+            n = int(mask[b].sum())
+            assert mask[b, :n].all() and not mask[b, n:].any()  # a prefix
+            eos = (comp[b] == tok.eos_token_id).nonzero()
+            expected = min(int(lengths[b]), int(eos[0]) + 1 if len(eos) else 10**9)
+            assert n == expected
+
+
+# --- GAE and the PPO loss, against values worked by hand -------------------------------------
+def test_gae_hand_example():
+    rewards, values = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.5]])
+    adv, ret = abc_ppo.gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.5)
+    # t=2: 1 - 0.5 = 0.5; t=1: 0 + 0.5 - 0.5 + 0.5 * 0.5 = 0.25; t=0: 0.5 * 0.25 = 0.125
+    torch.testing.assert_close(adv, torch.tensor([[0.125, 0.25, 0.5]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.625, 0.75, 1.0]]))
+
+
+def test_gae_treats_masked_tail_as_terminal():
+    rewards, values = torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[0.5, 0.5, 9.0]])
+    adv, ret = abc_ppo.gae(rewards, values, torch.tensor([[1.0, 1.0, 0.0]]), gamma=0.9, lam=0.5)
+    # t=1: 1 + 0.9 * 0 - 0.5 = 0.5; t=0: 0 + 0.9 * 0.5 - 0.5 + 0.45 * 0.5 = 0.175
+    torch.testing.assert_close(adv, torch.tensor([[0.175, 0.5, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.675, 1.0, 0.0]]))
+
+
+def test_whiten_uses_real_tokens_only():
+    x, m = torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    torch.testing.assert_close(abc_ppo.whiten(x, m), torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-6, rtol=0)
+
+
+def ppo(logp, adv, values=None, returns=None):
+    n = len(logp)
+    logp = torch.tensor(logp, requires_grad=True)
+    values = torch.tensor(values or [0.0] * n, requires_grad=True)
+    loss, stats = abc_ppo.ppo_loss(logp[None], torch.zeros(1, n), values[None], torch.zeros(1, n),
+                                   torch.tensor([adv]), torch.tensor([returns or [0.0] * n]), torch.ones(1, n),
+                                   cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    loss.backward()
+    return loss.item(), stats, logp.grad, values.grad
+
+
+def test_ppo_clips_the_ratio_only_in_the_direction_that_helps():
+    up = math.log(1.5)
+    loss, stats, grad, _ = ppo([up], [1.0])  # ratio 1.5 > 1.2 with A > 0: clipped, no gradient
+    assert loss == pytest.approx(-1.2) and grad.item() == 0 and stats["clip_frac"] == 1
+    loss, _, grad, _ = ppo([up], [-1.0])  # A < 0: the pessimistic unclipped term is kept
+    assert loss == pytest.approx(1.5) and grad.item() == pytest.approx(1.5)
+    loss, stats, grad, _ = ppo([0.0], [2.0])  # ratio 1: plain policy gradient
+    assert loss == pytest.approx(-2.0) and grad.item() == pytest.approx(-2.0) and stats["clip_frac"] == 0
+
+
+def test_value_loss_is_clipped_around_the_old_value():
+    # V moves 1.0 from old 0 toward return 1.0: clipped V = 0.2, loss = 0.5 * max(0, 0.64) = 0.32.
+    _, stats, _, vgrad = ppo([0.0], [0.0], values=[1.0], returns=[1.0])
+    assert stats["value_loss"] == pytest.approx(0.32) and vgrad.item() == 0
+
+
+# --- End to end ------------------------------------------------------------------------------
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc"])
+def test_few_steps_write_well_formed_metrics(tiny, tmp_path, scheme):
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", scheme, "--steps", "3"))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for r in rows:
+        assert set(r) == KEYS and all(math.isfinite(v) for v in r.values())
+        assert 1 <= r["completion_len"] <= 16 and r["reward_std"] >= 0 and r["entropy"] > 0
+    assert os.path.exists(tmp_path / "checkpoint" / "trainer_state.pt")
+
+
+def without_timings(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+
+
+def test_same_seed_repeats_and_resume_continues_exactly(tiny, tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    abc_ppo.main(tiny_args(tiny, a, "--steps", "4", "--seed", "3"))
+    abc_ppo.main(tiny_args(tiny, b, "--steps", "4", "--seed", "3"))
+    assert without_timings(read_metrics(a)) == without_timings(read_metrics(b))
+    abc_ppo.main(tiny_args(tiny, c, "--steps", "2", "--seed", "3", "--save_every", "2"))  # stopped after 2 steps
+    abc_ppo.main(tiny_args(tiny, c, "--steps", "4", "--seed", "3", "--resume"))
+    assert without_timings(read_metrics(c)) == without_timings(read_metrics(a))
+
+
+# --- Bad input: one clear line and a non-zero exit ------------------------------------------
+def run_cli(*args):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "abc_ppo.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+
+
+def test_cli_bad_beta_is_one_line_no_traceback():
+    r = run_cli("--beta", "1.5")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--beta must be in [0, 1]" in r.stderr
+
+
+def test_cli_offline_hub_says_what_to_do(tmp_path):
+    r = run_cli("--out_dir", str(tmp_path), "--dataset", "stanfordnlp/imdb")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot load dataset 'stanfordnlp/imdb'" in r.stderr and "--dataset" in r.stderr
+
+
+def expect_error(capsys, argv, text):
+    with pytest.raises(SystemExit) as e:
+        abc_ppo.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and text in err and "\n" not in err, err
+
+
+def test_bad_inputs(tiny, tmp_path, capsys):
+    expect_error(capsys, tiny_args(tiny, tmp_path, "--reward", "nope"), "invalid choice: 'nope'")
+    expect_error(capsys, tiny_args(tiny, tmp_path, "--reward_model", tiny["policy"]), "is not a sequence classifier")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": "short"}) + "\n")
+    expect_error(capsys, tiny_args(tiny, tmp_path, "--dataset", str(empty), "--min_chars", "200"), "no text longer than")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    expect_error(capsys, tiny_args(tiny, blocker / "out"), "cannot write to --out_dir")
+    expect_error(capsys, tiny_args(tiny, tmp_path, "--policy", str(tmp_path / "missing")), "cannot load tokenizer")
+    expect_error(capsys, tiny_args(tiny, tmp_path / "fresh", "--resume"), "no usable checkpoint")
