@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "data", "reviews.jsonl")
 MINI_DIR = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
 EOS = "<|endoftext|>"
-SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=64)  # ~0.9M parameters with a 1024 vocab
+SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=64)  # ~1.3M parameters with a 4096 vocab
 
 
 def read_reviews(path):
@@ -50,7 +50,7 @@ def heldout(texts):
     return [int(hashlib.sha1(t.encode()).hexdigest(), 16) % 100 >= 85 for t in texts]
 
 
-def train_tokenizer(texts, vocab_size=1024):
+def train_tokenizer(texts, vocab_size=4096):
     """GPT-2 style byte-level BPE trained on `texts`, wrapped as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -103,9 +103,9 @@ def rm_logits(rm, ids, mask):
     return rm.score(h[torch.arange(len(ids)), last])
 
 
-def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0):
-    """Cross-entropy on the labels. Half the examples are cut to a random prefix (and the rest
-    end in EOS), because the policy's completions are scored after 8-16 tokens, often mid-sentence."""
+def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0, prefix_share=0.2):
+    """Cross-entropy on the labels. A share of the examples is cut to a random prefix (the rest end
+    in EOS), because the policy's completions are scored after 8-16 tokens, often mid-sentence."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=0.01)
@@ -115,7 +115,7 @@ def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0):
     bar = tqdm(range(steps), desc="reward model")
     for _ in bar:
         idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
-        rows = [ids_all[i][:rng.randint(4, len(ids_all[i]))] if rng.random() < 0.5 else ids_all[i] + [tok.eos_token_id]
+        rows = [ids_all[i][:rng.randint(4, len(ids_all[i]))] if rng.random() < prefix_share else ids_all[i] + [tok.eos_token_id]
                 for i in idx]
         rows = [r[-rm.config.n_positions:] for r in rows]
         L = max(map(len, rows))
