@@ -138,7 +138,7 @@ def accuracy(rm, tok, texts, labels):
     return ((logits[:, 1] > logits[:, 0]).long() == torch.tensor(labels)).float().mean().item()
 
 
-def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300):
+def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300, size=SIZE):
     """Train tokenizer, policy and reward model on `data`; write them and manifest.json to `out`."""
     import tokenizers
     import transformers
@@ -151,8 +151,8 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300):
     train = [(t, l) for t, l, h in zip(texts, labels, held) if not h]
     test = [(t, l) for t, l, h in zip(texts, labels, held) if h]
     tok = train_tokenizer([t for t, _ in train])
-    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok)), tok, [t for t, _ in train], steps=lm_steps, seed=seed)
-    rm = GPT2ForSequenceClassification(gpt2_config(tok, num_labels=2))
+    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, [t for t, _ in train], steps=lm_steps, seed=seed)
+    rm = GPT2ForSequenceClassification(gpt2_config(tok, num_labels=2, **size))
     rm.transformer.load_state_dict(lm.transformer.state_dict())  # start from the LM, as the paper's RM starts from GPT-2
     rm = train_rm(rm, tok, [t for t, _ in train], [l for _, l in train], steps=rm_steps, seed=seed)
     acc = accuracy(rm, tok, *zip(*test))
@@ -167,7 +167,7 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300):
     with open(data, "rb") as f:
         corpus_hash = hashlib.sha256(f.read()).hexdigest()
     manifest = dict(data=os.path.abspath(data), corpus_sha256=corpus_hash, reviews=len(texts), heldout=len(test),
-                    rm_heldout_accuracy=round(acc, 4), vocab_size=len(tok), size=SIZE,
+                    rm_heldout_accuracy=round(acc, 4), vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
                     transformers=transformers.__version__, tokenizers=tokenizers.__version__)
@@ -183,7 +183,9 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300):
 def check(out):
     """Raise ValueError if the cache at `out` is missing, partial or corrupt; else return its manifest."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()
     try:
         with open(os.path.join(out, "manifest.json")) as f:
             manifest = json.load(f)

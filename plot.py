@@ -136,14 +136,14 @@ def plot_reward(runs, path, order=None):
 
 
 def plot_kl(runs, path, order=None):
-    """kl.png: left KL per step (dashed line at 0), right reward_mean against KL per seed."""
+    """kl.png: left KL per step (dashed line at 0), right reward_mean against KL (one dot per seed and step)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     _curves(a, runs, order, "kl")
     a.axhline(0, color="k", ls="--", lw=1)
     a.set(xlabel="PPO step", ylabel="KL(policy || ref)", title="KL"), a.legend(), a.grid(alpha=0.3)
     for c, scheme in enumerate(order_schemes(runs, order)):
         for i, r in enumerate(runs[scheme]):
-            b.plot(r["kl"], r["reward_mean"], "o-", color=f"C{c % 10}", ms=3, lw=0.8, alpha=0.6,
+            b.plot(r["kl"], r["reward_mean"], "o", color=f"C{c % 10}", ms=3, alpha=0.5,
                    label=scheme if i == 0 else None)
     b.axvline(0, color="k", ls="--", lw=1)
     b.set(xlabel="KL(policy || ref)", ylabel="reward", title="Reward vs KL"), b.legend(), b.grid(alpha=0.3)

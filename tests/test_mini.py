@@ -1,0 +1,88 @@
+"""The offline mini preset: build, auto fallback, cache reuse, corrupt cache, learning."""
+import json
+import os
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import abc_ppo
+import mini
+
+SMALL = dict(n_layer=2, n_embd=64, n_head=2, n_positions=64)
+
+
+@pytest.fixture(scope="module")
+def mini_dir(tmp_path_factory):
+    """The mini preset built from the whole corpus, smaller and shorter-trained than the default."""
+    out = str(tmp_path_factory.mktemp("cache") / "mini")
+    mini.build(mini.CORPUS, out, lm_steps=150, rm_steps=150, size=SMALL)
+    return out
+
+
+def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
+    texts, labels = mini.read_reviews(mini.CORPUS)
+    data = tmp_path / "small.csv"  # CSV input, as `python mini.py --data my.csv` takes
+    data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts[:200], labels[:200])))
+    out = str(tmp_path / "mini")
+    manifest = mini.build(str(data), out, lm_steps=20, rm_steps=20, size=SMALL)
+    assert manifest["reviews"] == 200 and 0 <= manifest["rm_heldout_accuracy"] <= 1
+    assert set(manifest) >= {"corpus_sha256", "policy_params", "rm_params", "torch", "transformers", "tokenizers"}
+    assert AutoModelForCausalLM.from_pretrained(os.path.join(out, "policy")).config.n_layer == 2
+    rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "reward_model"))
+    assert rm.config.num_labels == 2
+    tok = AutoTokenizer.from_pretrained(os.path.join(out, "reward_model"))
+    assert tok.decode(tok("a great film")["input_ids"]) == "a great film"
+    held = [json.loads(l)["text"] for l in open(os.path.join(out, "prompts.jsonl"))]
+    assert held and set(held) <= set(texts[:200])
+
+
+def test_default_mini_reward_model_is_accurate(mini_dir):
+    # The small test build; the default build reaches higher (see README).
+    assert json.load(open(os.path.join(mini_dir, "manifest.json")))["rm_heldout_accuracy"] > 0.75
+
+
+def test_auto_falls_back_to_mini_when_the_hub_is_unreachable(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = abc_ppo.parse_args(["--mini_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert args.preset == "mini" and args.policy == f"{tmp_path}/policy" and args.prompt_len == [2, 5]
+    assert err.count("\n") == 1 and "'mini' preset" in err and "--preset paper" in err
+
+
+def test_explicit_flags_win_over_the_preset(tmp_path):
+    args = abc_ppo.parse_args(["--preset", "mini", "--mini_dir", str(tmp_path), "--steps", "7", "--lr", "0.5"])
+    assert (args.steps, args.lr, args.dataset) == (7, 0.5, f"{tmp_path}/prompts.jsonl")
+
+
+def test_second_run_reuses_the_cache(mini_dir, monkeypatch, capsys):
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt a sound cache")
+
+    monkeypatch.setattr(mini, "build", no_build)
+    assert mini.ensure(mini_dir)["reviews"] >= 600
+    assert capsys.readouterr().err == ""
+
+
+def test_truncated_checkpoint_is_detected_and_rebuilt(mini_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    broken = str(tmp_path / "mini")
+    shutil.copytree(mini_dir, broken)
+    weights = os.path.join(broken, "policy", "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ValueError):
+        mini.check(broken)
+    monkeypatch.setattr(mini, "build", lambda data, out: shutil.copytree(mini_dir, out, dirs_exist_ok=True))
+    mini.ensure(broken)
+    assert "cache is corrupt or partial" in capsys.readouterr().err
+    mini.check(broken)  # sound again
+
+
+def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
+    abc_ppo.main(["--preset", "mini", "--mini_dir", mini_dir, "--out_dir", str(tmp_path), "--steps", "60", "--lr", "3e-4",
+                  "--seed", "0"])
+    rewards = [json.loads(l)["reward_mean"] for l in open(tmp_path / "metrics.jsonl")]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    print(f"mini: first 5 steps {first:.2f}, last 5 steps {last:.2f}")
+    assert last > first + 1.0, rewards
