@@ -80,20 +80,20 @@ def parse_args(argv=None):
     # One clear line and exit code 2 for bad flags, instead of usage text.
     p.error = lambda msg: fail(msg)
     args = p.parse_args(argv)
+    if not 0.0 <= args.beta <= 1.0:
+        fail(f"--beta must be in [0, 1], got {args.beta}")
+    for name, pair in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
+        if pair and not 1 <= pair[0] <= pair[1]:
+            fail(f"{name} needs 1 <= MIN <= MAX, got {pair[0]} {pair[1]}")
+    if min(args.steps or 1, args.batch_size, args.mini_batch_size, args.ppo_epochs) < 1:
+        fail("--steps, --batch_size, --mini_batch_size and --ppo_epochs must be positive")
+    if args.batch_size % args.mini_batch_size:
+        fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     if args.preset == "auto":
         args.preset = choose_preset(args)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v.format(mini_dir=args.mini_dir) if isinstance(v, str) else v)
-    if not 0.0 <= args.beta <= 1.0:
-        fail(f"--beta must be in [0, 1], got {args.beta}")
-    for name, (lo, hi) in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
-        if not 1 <= lo <= hi:
-            fail(f"{name} needs 1 <= MIN <= MAX, got {lo} {hi}")
-    if min(args.steps, args.batch_size, args.mini_batch_size, args.ppo_epochs) < 1:
-        fail("--steps, --batch_size, --mini_batch_size and --ppo_epochs must be positive")
-    if args.batch_size % args.mini_batch_size:
-        fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     return args
 
 
