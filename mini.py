@@ -164,9 +164,7 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300, size=SI
         tok.save_pretrained(os.path.join(tmp, name))
     with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
         f.writelines(json.dumps({"text": t, "label": l}) + "\n" for t, l in test)
-    with open(data, "rb") as f:
-        corpus_hash = hashlib.sha256(f.read()).hexdigest()
-    manifest = dict(data=os.path.abspath(data), corpus_sha256=corpus_hash, reviews=len(texts), heldout=len(test),
+    manifest = dict(data=os.path.abspath(data), corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
                     rm_heldout_accuracy=round(acc, 4), vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
@@ -198,18 +196,24 @@ def check(out):
     return manifest
 
 
-def ensure(out=MINI_DIR, data=CORPUS):
-    """Reuse a sound cache built from the same data; rebuild a missing, stale or corrupt one."""
+def ensure(out=MINI_DIR):
+    """Reuse a sound cache; rebuild a missing or corrupt one, or one whose corpus file has changed."""
+    data = CORPUS
     if os.path.exists(out):
         try:
             manifest = check(out)
-            with open(data, "rb") as f:
-                if manifest["corpus_sha256"] == hashlib.sha256(f.read()).hexdigest():
-                    return manifest
+            data = manifest["data"]
+            if not os.path.exists(data) or sha256(data) == manifest["corpus_sha256"]:
+                return manifest
             print(f"mini: {data} changed since {out} was built; rebuilding", file=sys.stderr)
         except ValueError as e:
             print(f"mini: cache is corrupt or partial ({e}); rebuilding", file=sys.stderr)
     return build(data, out)
+
+
+def sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 if __name__ == "__main__":

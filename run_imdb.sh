@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Multi-seed reproduction of the paper's IMDb experiment (Chan et al. 2024, Figure 3):
+# every reward scheme x every seed, then a figure and a results table made by plot.py.
+#
+#   PRESET=mini ./run_imdb.sh     # offline, small models; see README for the measured time
+#   PRESET=paper ./run_imdb.sh    # the paper's GPT-2 models and IMDb; needs the hub, ideally a GPU
+#
+# Settings, from the environment:
+#   PRESET   paper | mini | auto           (default auto: paper if the hub or its cache has it)
+#   SEEDS    seeds 0..SEEDS-1, shared by all schemes, so step 0 is identical across schemes (default 5)
+#   STEPS    PPO steps per run             (default: the preset's, 150 paper / 100 mini)
+#   REWARDS  schemes to run                (default: every scheme in reward.py)
+#   BETA     beta for abc                  (default 0.8, as in the paper's Figure 3)
+#   OUT      output folder                 (default runs/imdb-<preset>)
+#   JOBS     runs at once                  (default: one per CPU core for mini, 1 for paper)
+#   EXTRA    more flags for every abc_ppo.py run, e.g. "--device cuda --bf16" or "--mini_dir DIR"
+#
+# Finished runs (OUT/<reward>/seed<k>/done) are skipped, and an interrupted run resumes from its
+# last checkpoint, so the script can simply be started again. Any failed run stops it with an error.
+set -euo pipefail
+cd "$(dirname "$0")"
+start=$(date +%s)
+
+SEEDS=${SEEDS:-5}
+BETA=${BETA:-0.8}
+REWARDS=${REWARDS:-$(python -c 'import reward; print(" ".join(reward.REWARDS))')}
+# Resolve auto once, and build the mini cache once, before runs start in parallel.
+PRESET=$(python -c 'import sys, abc_ppo, mini
+a = abc_ppo.parse_args(sys.argv[1:])
+if a.preset == "mini": mini.ensure(a.mini_dir)
+print(a.preset)' --preset "${PRESET:-auto}" ${EXTRA:-})
+OUT=${OUT:-runs/imdb-$PRESET}
+if [ "$PRESET" = mini ]; then JOBS=${JOBS:-$(nproc)}; else JOBS=${JOBS:-1}; fi
+THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
+echo "run_imdb.sh: preset $PRESET, rewards [$REWARDS], seeds $SEEDS, steps ${STEPS:-default}, beta $BETA, $JOBS job(s) -> $OUT"
+
+run() {  # run <reward> <seed>
+    local dir="$OUT/$1/seed$2" resume=""
+    [ -e "$dir/done" ] && { echo "skip $1 seed $2 (done)"; return 0; }
+    [ -e "$dir/checkpoint/trainer_state.pt" ] && resume=--resume
+    mkdir -p "$dir"
+    echo "start $1 seed $2 $resume"
+    if OMP_NUM_THREADS=$THREADS python abc_ppo.py --preset "$PRESET" --reward "$1" --beta "$BETA" --seed "$2" \
+        --out_dir "$dir" ${STEPS:+--steps "$STEPS"} $resume ${EXTRA:-} > "$dir/log.txt" 2>&1; then
+        touch "$dir/done"
+        echo "done  $1 seed $2"
+    else
+        echo "run_imdb.sh: FAILED: $1 seed $2; last lines of $dir/log.txt:" >&2
+        tail -n 5 "$dir/log.txt" | tr '\r' '\n' | tail -n 3 >&2
+        return 1
+    fi
+}
+export -f run
+export OUT PRESET BETA STEPS EXTRA THREADS
+
+for seed in $(seq 0 $((SEEDS - 1))); do for r in $REWARDS; do echo "$r $seed"; done; done |
+    xargs -P "$JOBS" -L 1 bash -c 'run "$0" "$1"' ||
+    { echo "run_imdb.sh: some runs failed (see above); finished runs are kept, run again to resume" >&2; exit 1; }
+
+python plot.py "$OUT" --order $REWARDS
+echo "run_imdb.sh: finished in $(( $(date +%s) - start )) s; see $OUT/results.md, $OUT/reward.png, $OUT/kl.png"
