@@ -13,6 +13,7 @@ checkpoints, training loop.
     python abc_ppo.py --reward abc --beta 0.5
 """
 import argparse
+import html
 import inspect
 import json
 import os
@@ -56,7 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--reward_model", help="hub name or local dir of a sequence classifier (default: preset's)")
     p.add_argument("--dataset", help="hub name, local dir, or .csv/.json/.jsonl file with a 'text' column")
     p.add_argument("--min_chars", type=int, help="keep texts longer than this many characters")
-    p.add_argument("--prompt_len", type=int, nargs=2, metavar=("MIN", "MAX"), help="prompt = first MIN..MAX tokens")
+    p.add_argument("--prompt_len", type=int, nargs="+", metavar="N", help="prompt = first MIN [MAX] tokens")
     p.add_argument("--gen_len", type=int, nargs=2, default=[8, 16], metavar=("MIN", "MAX"), help="completion length drawn from MIN..MAX")
     p.add_argument("--steps", type=int, help="PPO steps (one batch of rollouts each)")
     p.add_argument("--batch_size", type=int, default=16)
@@ -77,18 +78,25 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", default="runs/abc")
     p.add_argument("--save_every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    p.add_argument("--log_samples", type=int, default=0, metavar="N",
+                   help="write N completions per step with their per-token credit to samples.jsonl, and credit.html")
+    p.add_argument("--explain", metavar="TEXT", help="print the credit each scheme gives each token of TEXT, then exit")
     # One clear line and exit code 2 for bad flags, instead of usage text.
     p.error = lambda msg: fail(msg)
     args = p.parse_args(argv)
     if not 0.0 <= args.beta <= 1.0:
         fail(f"--beta must be in [0, 1], got {args.beta}")
+    if args.prompt_len and len(args.prompt_len) == 1:
+        args.prompt_len *= 2  # one value: a fixed prompt length
     for name, pair in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
-        if pair and not 1 <= pair[0] <= pair[1]:
-            fail(f"{name} needs 1 <= MIN <= MAX, got {pair[0]} {pair[1]}")
-    if min(args.steps or 1, args.batch_size, args.mini_batch_size, args.ppo_epochs) < 1:
+        if pair and (len(pair) != 2 or not 1 <= pair[0] <= pair[1]):
+            fail(f"{name} takes MIN [MAX] with 1 <= MIN <= MAX, got {' '.join(map(str, pair))}")
+    if min(args.steps or 1, args.batch_size, args.mini_batch_size, args.ppo_epochs, args.log_samples + 1) < 1:
         fail("--steps, --batch_size, --mini_batch_size and --ppo_epochs must be positive")
     if args.batch_size % args.mini_batch_size:
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
+    if args.log_samples > args.batch_size:
+        fail(f"--log_samples {args.log_samples} exceeds --batch_size {args.batch_size}")
     if args.preset == "auto":
         args.preset = choose_preset(args)
     for k, v in PRESETS[args.preset].items():
@@ -189,26 +197,37 @@ def load_models(args, device):
         tok.pad_token = tok.eos_token  # GPT-2 has no pad token; pads are masked out anyway
     # Dropout stays off (eval mode) throughout: with it, the PPO ratio would differ from 1 on
     # the first update from noise alone, and old and new log-probs would not be comparable.
-    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
+    # ABC-D reads the policy's own attention, which only eager attention returns.
+    eager = dict(attn_implementation="eager") if args.reward == "abcd" or args.explain else {}
+    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager).to(device).eval()
     ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
     ref.requires_grad_(False)
     # Eager attention: SDPA in transformers 5 returns no attention weights, and ABC needs them.
     rm = load("reward model", AutoModelForSequenceClassification.from_pretrained, args.reward_model,
               attn_implementation="eager").to(device).eval()
     rm.requires_grad_(False)
-    if getattr(rm, "score", None) is None or rm.config.num_labels > 2:
-        fail(f"--reward_model '{args.reward_model}' must be a decoder classifier with a 'score' head and 1 or 2 labels")
+    if rm.config.num_labels > 2:
+        fail(f"--reward_model '{args.reward_model}' has {rm.config.num_labels} labels; 1 or 2 are supported")
+    if args.reward == "red" and not is_decoder(rm):
+        fail("--reward red needs a decoder reward model, which scores every prefix; this one is an encoder")
     rm_tok = load("tokenizer", AutoTokenizer.from_pretrained, args.reward_model)
-    if rm_tok.get_vocab() != tok.get_vocab():
-        fail("the reward model's tokenizer differs from the policy's; scoring reuses the policy's "
-             "token ids, so both must share one tokenizer")
+    if rm_tok.pad_token_id is None:
+        rm_tok.pad_token = rm_tok.eos_token
+    if rm_tok.get_vocab() == tok.get_vocab():
+        rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
 
     # Value head: V(s_t) = w . h_t + b on the policy's last hidden state, initialised small so
     # that early value errors do not swamp the policy gradient through the shared trunk.
     value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device)
     torch.nn.init.normal_(value_head.weight, std=0.01)
     torch.nn.init.zeros_(value_head.bias)
-    return tok, policy, ref, rm, value_head
+    return tok, policy, ref, rm, rm_tok, value_head
+
+
+def is_decoder(rm):
+    """Decoder classifiers (GPT-2, Llama, ...) put a `score` head on every position and read the
+    last token; encoder classifiers (BERT, DistilBERT, ...) read position 0."""
+    return getattr(rm, "score", None) is not None
 
 
 def first_line(e):
@@ -246,44 +265,118 @@ def rollout(policy, tok, prompt_ids, prompt_mask, lengths):
 # ---------------------------------------------------------------------------------------
 # 5. Policy forward: log-probs, values and entropy of the completion tokens.
 # ---------------------------------------------------------------------------------------
-def forward(policy, value_head, seq, attn_mask, P):
+def forward(policy, value_head, seq, attn_mask, P, attention=False):
     """log pi(y_t | x, y_<t), V(x, y_<t) and the entropy of pi at each completion step.
     The vocabulary head runs only on the G positions that predict completion tokens.
-    Returns logp [B, G], values [B, G], entropy [B, G]."""
-    h = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask)).last_hidden_state
-    h = h[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
+    With attention=True (ABC-D) also the policy's last-layer attention, averaged over heads,
+    from the last completion token to each completion token.
+    Returns logp [B, G], values [B, G], entropy [B, G], attention [B, G] or None."""
+    out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
+                            output_attentions=attention)
+    h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
     logits = policy.get_output_embeddings()(h).float()  # [B, G, V]
     logprobs = F.log_softmax(logits, dim=-1)
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
     with torch.no_grad():  # logged only
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-    values = value_head(h).squeeze(-1).float()
-    return logp, values, entropy
+    values = value_head(h).squeeze(-1).float() if value_head is not None else None
+    att = attention_row(out.attentions[-1], last_index(attn_mask))[:, P:] if attention else None
+    return logp, values, entropy, att
 
 
 # ---------------------------------------------------------------------------------------
 # 6. Scoring: one RM forward gives the score and the attention ABC needs.
 # ---------------------------------------------------------------------------------------
+def last_index(attn_mask):
+    """Index of each row's last real token, found from the mask, not from pad ids (GPT-2 pads
+    with EOS): [B, L] -> [B]."""
+    return (attn_mask * torch.arange(attn_mask.shape[1], device=attn_mask.device)).argmax(1)
+
+
+def attention_row(attentions, i):
+    """Row i[b] of the attention map [B, heads, L, L], averaged over heads: [B, L]."""
+    return attentions[torch.arange(len(i), device=i.device), :, i].mean(1).float()
+
+
+def logit_score(logits):
+    """The paper's score: logit_1 - logit_0 for two labels, the single logit for one: [..., C] -> [...]."""
+    logits = logits.float()
+    return logits[..., 1] - logits[..., 0] if logits.shape[-1] == 2 else logits[..., 0]
+
+
 @torch.no_grad()
 def score(rm, seq, attn_mask):
-    """Score each row at its last real token and return that token's attention row.
-        score = logit_1 - logit_0 (two labels) or logit_0 (one label), read at i = last real token
+    """Score each row at its last real token i and return that token's attention row.
+        score = logit_1 - logit_0, read at i
         attention_j = mean over heads of the last layer's softmax(q_i . k_j / sqrt(d))
-    Works under left or right padding and with an EOS inside the completion, because i is found
-    from attn_mask, not from pad ids (GPT-2 pads with EOS). Returns score [B] and attention [B, L]."""
+    Works under left or right padding and with an EOS inside the completion. The score head also
+    runs at every position, which costs nothing and gives RED its prefix scores.
+    Returns score [B], attention [B, L] and prefix scores [B, L]."""
     out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
                         output_attentions=True)
-    L = seq.shape[1]
-    last = (attn_mask * torch.arange(L, device=seq.device)).argmax(1)  # [B]
-    rows = torch.arange(seq.shape[0], device=seq.device)
-    logits = rm.score(out.last_hidden_state[rows, last]).float()  # [B, C]
-    s = logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits[:, 0]
-    attention = out.attentions[-1][rows, :, last].mean(1).float()  # [B, heads, L] -> [B, L]
-    return s, attention
+    scores = logit_score(rm.score(out.last_hidden_state))  # [B, L]
+    last = last_index(attn_mask)
+    return scores[torch.arange(len(last)), last], attention_row(out.attentions[-1], last), scores
+
+
+@torch.no_grad()
+def score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask):
+    """Score with a reward model whose tokenizer differs from the policy's:
+      1. decode prompt and completion to text, noting each completion token's character span;
+      2. re-tokenise with the RM's tokenizer and its offset mapping;
+      3. read the score where the architecture reads it: last real token (decoder) or 0 (encoder);
+      4. move RM token j's attention and RED credit onto the policy tokens t it overlaps,
+             W[j, t] = |span_j & span_t| / sum_t' |span_j & span_t'|,
+         so RM tokens outside the completion (special tokens, the prompt) give none.
+    RED credit c_j = s_j - s_{j-1} starts after the last RM token that ends inside the prompt,
+    whose score is s_0, so sum_t r_t = score - s_0 exactly, as on the fast path.
+    Returns score [B], attention [B, G] and prefix scores [B, G+1] (None for an encoder)."""
+    B, P, G = seq.shape[0], prompt_mask.shape[1], mask.shape[1]
+    texts, spans = [], torch.zeros(B, G, 2, dtype=torch.long)  # [B, G, (start, end)] in characters
+    for b in range(B):
+        prompt = tok.decode(seq[b, :P][prompt_mask[b].bool()], skip_special_tokens=True)
+        comp = seq[b, P:P + int(mask[b].sum())].tolist()
+        ends = [len(prompt) + len(tok.decode(comp[:k + 1], skip_special_tokens=True)) for k in range(len(comp))]
+        spans[b, :len(comp)] = torch.tensor(list(zip([len(prompt)] + ends[:-1], ends))).view(-1, 2)
+        texts.append(prompt + tok.decode(comp, skip_special_tokens=True))
+    enc = rm_tok(texts, return_offsets_mapping=True, padding=True, truncation=True, return_tensors="pt")
+    off = enc.pop("offset_mapping")  # [B, J, 2]
+    ids, am = enc["input_ids"].to(seq.device), enc["attention_mask"].to(seq.device)
+    overlap = (torch.minimum(off[:, :, None, 1], spans[:, None, :, 1])
+               - torch.maximum(off[:, :, None, 0], spans[:, None, :, 0])).clamp(min=0).float()  # [B, J, G]
+    W = (overlap / overlap.sum(-1, keepdim=True).clamp(min=1)).to(seq.device)
+    if not is_decoder(rm):
+        out = rm(input_ids=ids, attention_mask=am, output_attentions=True)
+        att = out.attentions[-1][:, :, 0].mean(1).float()  # [B, J] from position 0
+        return logit_score(out.logits), torch.einsum("bj,bjg->bg", att, W), None
+    s, att, scores = score(rm, ids, am)  # [B], [B, J], [B, J]
+    # RM tokens after the prompt: from the first that touches the completion to the last real one.
+    touches = W.sum(-1) > 0  # [B, J]
+    j = torch.arange(ids.shape[1], device=ids.device)
+    first = torch.where(touches, j, ids.shape[1]).min(1).values  # [B]
+    region = (j >= first[:, None]) & (am > 0)
+    # A region token that overlaps no policy token (an EOS the RM tokenizer appends, say) gives
+    # its credit to the last completion token, so no credit is lost.
+    last_t = F.one_hot(mask.sum(1) - 1, G).float()[:, None]  # [B, 1, G]
+    W_red = torch.where(region[..., None] & ~touches[..., None], last_t, W) * region[..., None]
+    s_prev = torch.cat([scores[:, :1], scores[:, :-1]], 1)
+    credit = torch.einsum("bj,bjg->bg", (scores - s_prev) * region, W_red)  # [B, G]
+    s0 = scores.gather(1, (first - 1).clamp(min=0)[:, None])  # score at the last prompt-only token
+    return s, torch.einsum("bj,bjg->bg", att, W), torch.cat([s0, s0 + credit.cumsum(1)], 1)
+
+
+def score_completions(rm, rm_tok, tok, seq, prompt_mask, mask):
+    """Score, RM attention over the completion [B, G] and RED prefix scores [B, G+1], through
+    the fast path when the tokenizers match and re-tokenising when they do not."""
+    if rm_tok is not None:
+        return score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask)
+    P = prompt_mask.shape[1]
+    s, attention, scores = score(rm, seq, torch.cat([prompt_mask, mask], 1))
+    return s, attention[:, P:], scores[:, P - 1:]
 
 
 def per_token_rewards(scheme, **signals):
-    """Call the chosen scheme in reward.py with the signals it names (score, mask, attention, beta)."""
+    """Call the chosen scheme in reward.py with the signals it names (score, mask, attention, ...)."""
     fn = REWARDS[scheme]
     return fn(**{k: signals[k] for k in inspect.signature(fn).parameters})
 
@@ -393,7 +486,85 @@ def load_checkpoint(out_dir, policy, value_head, opt, kl_ctl, gen, device):
 
 
 # ---------------------------------------------------------------------------------------
-# 10. Training loop.
+# 10. Seeing the credit: --explain, samples.jsonl and credit.html.
+# ---------------------------------------------------------------------------------------
+def colour(text, value, top, enabled):
+    """Text on a background from red (negative) through none to green (positive)."""
+    if not enabled or top == 0:
+        return text
+    a = min(abs(value) / top, 1.0)
+    r, g, b = (int(255 - 255 * a), 255, int(255 - 255 * a)) if value >= 0 else (255, int(255 - 255 * a), int(255 - 255 * a))
+    return f"\x1b[48;2;{r};{g};{b}m\x1b[30m{text}\x1b[0m"
+
+
+@torch.no_grad()
+def explain(args, tok, policy, rm, rm_tok, device):
+    """Print the reward each scheme gives each completion token of --explain TEXT, where the
+    first --prompt_len tokens are the prompt. No KL term: this is the RM's credit alone."""
+    ids = tok(args.explain)["input_ids"]
+    k = args.prompt_len[0]
+    if len(ids) <= k:
+        fail(f"--explain text has {len(ids)} tokens; it needs more than the prompt's {k} (--prompt_len)")
+    seq = torch.tensor([ids], device=device)
+    prompt_mask, mask = torch.ones(1, k, dtype=torch.long, device=device), torch.ones(1, len(ids) - k, device=device)
+    s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask.long())
+    policy_attention = forward(policy, None, seq, torch.ones_like(seq), k, attention=True)[3]
+    signals = dict(score=s, mask=mask, attention=attention, beta=args.beta, prefix_scores=prefix_scores,
+                   policy_attention=policy_attention)
+    names = [n for n in REWARDS if not (n == "red" and prefix_scores is None)]  # red needs a decoder RM
+    cols = {n: per_token_rewards(n, **signals)[0].tolist() for n in names}
+    heads = [f"{n} b={args.beta:g}" if "beta" in inspect.signature(REWARDS[n]).parameters else n for n in names]
+    top = max(abs(v) for c in cols.values() for v in c)
+    tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    print(f"prompt {tok.decode(ids[:k])!r}   RM score {s.item():+.3f}"
+          + (f"   red: s_0 = {prefix_scores[0, 0].item():+.3f}" if prefix_scores is not None else ""))
+    print(f"{'token':16}" + "".join(f"{h:>12}" for h in heads))
+    for t, tid in enumerate(ids[k:]):
+        cells = [colour(f"{cols[n][t]:+12.3f}", cols[n][t], top, tty) for n in names]
+        print(f"{repr(tok.decode([tid]))[:16]:16}" + "".join(cells))
+    print(f"{'sum':16}" + "".join(f"{sum(cols[n]):+12.3f}" for n in names))
+
+
+def write_samples(f, step, tok, seq, prompt_mask, mask, rm_score, credit, n):
+    """Append n completions of this step with the credit the scheme gave each token."""
+    P = prompt_mask.shape[1]
+    for b in range(n):
+        m = int(mask[b].sum())
+        f.write(json.dumps(dict(step=step, score=round(rm_score[b].item(), 4),
+                                prompt=tok.decode(seq[b, :P][prompt_mask[b].bool()]),
+                                tokens=[tok.decode([t]) for t in seq[b, P:P + m].tolist()],
+                                credit=[round(c, 4) for c in credit[b, :m].tolist()])) + "\n")
+    f.flush()
+
+
+def write_credit_html(out_dir, scheme):
+    """credit.html: one row per logged sample, each completion token coloured by its credit."""
+    with open(os.path.join(out_dir, "samples.jsonl")) as f:
+        samples = [json.loads(line) for line in f]
+    top = max((abs(c) for x in samples for c in x["credit"]), default=0) or 1.0
+    rows = []
+    for x in samples:
+        spans = "".join(f'<span style="background:rgba({"0,170,70" if c >= 0 else "220,40,40"},{min(abs(c) / top, 1):.2f})"'
+                        f' title="{c:+.4f}">{html.escape(t)}</span>' for t, c in zip(x["tokens"], x["credit"]))
+        rows.append(f'<tr><td>{x["step"]}</td><td>{x["score"]:+.2f}</td>'
+                    f'<td><span class="prompt">{html.escape(x["prompt"])}</span>{spans}</td></tr>')
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"/><title>credit: {scheme}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{padding:3px 10px;white-space:pre-wrap}}
+td:last-child{{font-family:monospace;font-size:15px}} .prompt{{color:#888}} span{{border-radius:3px}}</style></head>
+<body><h2>Per-token credit from the <code>{scheme}</code> reward (KL term not included)</h2>
+<p>Grey: prompt. Green: positive credit, red: negative; the stronger the colour, the larger |credit|
+(full colour = {top:.3f}). Hover a token for its value.</p>
+<table><tr><th>step</th><th>RM score</th><th>prompt and completion</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    with open(os.path.join(out_dir, "credit.html"), "w") as f:
+        f.write(page)
+
+
+# ---------------------------------------------------------------------------------------
+# 11. Training loop.
 # ---------------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
@@ -404,11 +575,21 @@ def main(argv=None):
     if args.bf16 and device.type != "cuda":
         fail("--bf16 needs a CUDA device; CPU runs stay float32")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
+    if args.preset == "mini":
+        try:
+            mini.ensure(args.mini_dir)  # built once (about a minute), then reused
+        except (OSError, ValueError) as e:
+            fail(f"cannot build the mini preset in {args.mini_dir}: {e}")
+    if args.explain:
+        tok, policy, _, rm, rm_tok, _ = load_models(args, device)
+        return explain(args, tok, policy, rm, rm_tok, device)
 
     # Fail on an unwritable output folder before spending minutes on loading.
     try:
         os.makedirs(args.out_dir, exist_ok=True)
         metrics_file = open(os.path.join(args.out_dir, "metrics.jsonl"), "a" if args.resume else "w")
+        samples_file = open(os.path.join(args.out_dir, "samples.jsonl"), "a" if args.resume else "w") \
+            if args.log_samples else None
     except OSError as e:
         fail(f"cannot write to --out_dir '{args.out_dir}': {e.strerror}")
 
@@ -417,13 +598,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)  # prompts and lengths, separate from sampling
 
-    if args.preset == "mini":
-        try:
-            mini.ensure(args.mini_dir)  # built once (about a minute), then reused
-        except (OSError, ValueError) as e:
-            fail(f"cannot build the mini preset in {args.mini_dir}: {e}")
     texts = load_texts(args.dataset, args.min_chars)
-    tok, policy, ref, rm, value_head = load_models(args, device)
+    tok, policy, ref, rm, rm_tok, value_head = load_models(args, device)
     # Fused Adam: one kernel over all 124M parameters; on CPU its step is ~5x faster than the default.
     opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
     kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
@@ -446,15 +622,17 @@ def main(argv=None):
 
         # --- Scoring: RM score and attention, old and reference log-probs ---------------
         with torch.no_grad(), autocast:
-            rm_score, attention = score(rm, seq, attn_mask)  # [B], [B, P+G]
-            old_logp, old_values, _ = forward(policy, value_head, seq, attn_mask, P)  # [B, G] each
-            ref_logp, _, _ = forward(ref, value_head, seq, attn_mask, P)
+            # One RM pass: score [B], its attention over the completion [B, G], prefix scores [B, G+1].
+            rm_score, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask)
+            old_logp, old_values, _, policy_attention = forward(policy, value_head, seq, attn_mask, P,
+                                                                attention=args.reward == "abcd")  # [B, G] each
+            ref_logp = forward(ref, None, seq, attn_mask, P)[0]
         mask_f = mask.float()
         kl = (old_logp - ref_logp) * mask_f  # [B, G] per-token KL estimate
         kl_coef = kl_ctl.value
-        scheme = per_token_rewards(args.reward, score=rm_score, mask=mask_f,
-                                   attention=attention[:, P:], beta=args.beta)  # [B, G]
-        rewards = scheme - kl_coef * kl
+        credit = per_token_rewards(args.reward, score=rm_score, mask=mask_f, attention=attention, beta=args.beta,
+                                   prefix_scores=prefix_scores, policy_attention=policy_attention)  # [B, G]
+        rewards = credit - kl_coef * kl
         adv, returns = gae(rewards, old_values, mask_f, args.gamma, args.lam)
         adv = whiten(adv, mask_f)
         t2 = time.perf_counter()
@@ -465,7 +643,7 @@ def main(argv=None):
             for idx in torch.randperm(B, generator=gen).split(mb):
                 idx = idx.to(device)
                 with autocast:
-                    logp, values, entropy = forward(policy, value_head, seq[idx], attn_mask[idx], P)
+                    logp, values, entropy, _ = forward(policy, value_head, seq[idx], attn_mask[idx], P)
                     loss, s = ppo_loss(logp, old_logp[idx], values, old_values[idx], adv[idx], returns[idx],
                                        mask_f[idx], args.cliprange, args.cliprange_value, args.vf_coef)
                 opt.zero_grad(set_to_none=True)
@@ -485,10 +663,15 @@ def main(argv=None):
                    time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
+        if samples_file:
+            write_samples(samples_file, step, tok, seq, prompt_mask, mask, rm_score, credit, args.log_samples)
         bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             save_checkpoint(args.out_dir, step, policy, tok, value_head, opt, kl_ctl, gen)
     metrics_file.close()
+    if samples_file:
+        samples_file.close()
+        write_credit_html(args.out_dir, args.reward)
 
 
 if __name__ == "__main__":

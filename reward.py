@@ -1,10 +1,10 @@
 """Reward schemes: turn one reward-model score per completion into per-token rewards.
 
 Every function is pure tensor code and returns float rewards r of shape [B, T] with
-    r[b, t] = 0 where mask[b, t] = 0,   and   sum_t r[b, t] = score[b].
+    r[b, t] = 0 where mask[b, t] = 0,   and   sum_t r[b, t] = score[b]   (red: score[b] - s_0[b]).
 `mask` is 1 on real completion tokens and 0 on padding or on anything after the end
 of the completion. Each function names the signals it needs as its arguments
-(score, mask, attention, beta); abc_ppo.py passes them by those names.
+(score, mask, attention, beta, prefix_scores, policy_attention); abc_ppo.py passes them by name.
 """
 import torch
 
@@ -64,4 +64,27 @@ def abc(score, attention, mask, beta):
     return beta * s * a + (1.0 - beta) * s * _last_token(mask)
 
 
-REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc}
+def red(prefix_scores, mask):
+    """Reward redistribution (RED, Li et al. 2024): each token earns what it adds to the score.
+    `prefix_scores` [B, T+1] holds s_0, the RM score at the last prompt token, then s_t, the
+    score read at completion token t (one RM forward gives all of them). Then
+        r_t = s_t - s_{t-1},   and the sum telescopes:  sum_t r_t = s_last - s_0 = score - s_0.
+    So rows sum to score - s_0, not to score, and credit can be negative inside a positive
+    completion: a token that lowers the score is penalised.
+    """
+    if prefix_scores.shape != (mask.shape[0], mask.shape[1] + 1):
+        raise ValueError(f"prefix_scores {tuple(prefix_scores.shape)} must be [B, T+1] for mask {tuple(mask.shape)}")
+    _check(prefix_scores[:, 0], mask)
+    s = prefix_scores.float()
+    return (s[:, 1:] - s[:, :-1]) * mask.float()
+
+
+def abcd(score, policy_attention, mask, beta):
+    """ABC-D: `abc` with the policy's own last-layer attention, averaged over heads, from the
+    last completion token, in place of the reward model's:
+        r_t = beta * score * a_t + (1 - beta) * score * [t = last]
+    """
+    return abc(score, policy_attention, mask, beta)
+
+
+REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc, "red": red, "abcd": abcd}

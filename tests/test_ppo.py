@@ -26,7 +26,7 @@ def rm_and_tok(tiny):
 def alone(rm, prompt, completion):
     """Score and completion attention of one unpadded sequence: the reference values."""
     ids = torch.tensor([prompt + completion])
-    s, a = abc_ppo.score(rm, ids, torch.ones_like(ids))
+    s, a, _ = abc_ppo.score(rm, ids, torch.ones_like(ids))
     return s[0], a[0, len(prompt):]
 
 
@@ -44,7 +44,7 @@ def test_score_and_attention_agree_under_left_and_right_padding(rm_and_tok):
             rows.append(row)
             masks.append([0] * n + [1] * (len(p) + len(c)) if side == "left" else [1] * (len(p) + len(c)) + [0] * n)
             starts.append(n + len(p) if side == "left" else len(p))
-        s, a = abc_ppo.score(rm, torch.tensor(rows), torch.tensor(masks))
+        s, a, _ = abc_ppo.score(rm, torch.tensor(rows), torch.tensor(masks))
         for b, (p, c) in enumerate(pairs):
             s1, a1 = alone(rm, p, c)
             torch.testing.assert_close(s[b], s1, atol=1e-5, rtol=1e-5)
@@ -57,7 +57,7 @@ def test_score_is_read_at_an_eos_inside_the_completion(rm_and_tok):
     junk = tok(" bad bad dull")["input_ids"]
     ids = torch.tensor([[tok.eos_token_id] + p + c + junk])  # one left pad, then junk after the EOS
     mask = torch.tensor([[0] + [1] * (len(p) + len(c)) + [0] * len(junk)])
-    s, a = abc_ppo.score(rm, ids, mask)
+    s, a, _ = abc_ppo.score(rm, ids, mask)
     s1, a1 = alone(rm, p, c)
     torch.testing.assert_close(s[0], s1, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a[0, 1 + len(p):1 + len(p) + len(c)], a1, atol=1e-5, rtol=1e-5)
@@ -146,7 +146,7 @@ def read_metrics(out):
         return [json.loads(l) for l in f]
 
 
-@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc"])
+@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc", "red", "abcd"])
 def test_few_steps_write_well_formed_metrics(tiny, tmp_path, scheme):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", scheme, "--steps", "3"))
     rows = read_metrics(tmp_path)

@@ -15,7 +15,7 @@ def all_schemes(beta=0.5):
 
 
 def test_registry_names_every_scheme():
-    assert set(reward.REWARDS) == {"sparse", "uniform", "abc"}
+    assert list(reward.REWARDS) == ["sparse", "uniform", "abc", "red", "abcd"]
 
 
 @pytest.mark.parametrize("name", ["sparse", "uniform", "abc"])
@@ -72,3 +72,39 @@ def test_abc_rejects_beta_outside_unit_interval(beta):
 def test_empty_row_is_rejected():
     with pytest.raises(ValueError, match="at least one"):
         reward.sparse(SCORE, torch.zeros_like(MASK))
+
+
+# --- red: r_t = s_t - s_{t-1} -----------------------------------------------------------------
+PREFIX = torch.tensor([[0.5, 1.0, 3.0, 2.5, 2.0, 9.0],  # s_0 = 0.5, then s_1..s_4 real, s_5 masked
+                       [-1.0, 0.0, -1.5, 7.0, 7.0, 7.0],
+                       [0.0, 0.2, 0.1, 0.4, 0.3, 0.7]])
+
+
+def test_red_telescopes_to_score_minus_s0():
+    r = reward.red(PREFIX, MASK)
+    last = torch.tensor([PREFIX[0, 4], PREFIX[1, 2], PREFIX[2, 5]])  # score read at the last real token
+    torch.testing.assert_close(r.sum(1), last - PREFIX[:, 0])
+    torch.testing.assert_close(r[0], torch.tensor([0.5, 2.0, -0.5, -0.5, 0.0]))
+    assert (r[MASK == 0] == 0).all()
+
+
+def test_red_credit_can_be_negative_inside_a_positive_completion():
+    r = reward.red(PREFIX, MASK)
+    assert r[0].sum() > 0 and (r[0] < 0).any()
+
+
+def test_red_checks_the_prefix_shape():
+    with pytest.raises(ValueError, match="T\\+1"):
+        reward.red(PREFIX[:, 1:], MASK)
+
+
+# --- abcd: abc with the policy's attention -------------------------------------------------
+@pytest.mark.parametrize("beta", [0.0, 0.4, 1.0])
+def test_abcd_sums_and_beta(beta):
+    r = reward.abcd(SCORE, ATTN, MASK, beta)
+    torch.testing.assert_close(r.sum(1), SCORE)
+    torch.testing.assert_close(r, reward.abc(SCORE, ATTN, MASK, beta))
+    if beta == 0:
+        torch.testing.assert_close(r, reward.sparse(SCORE, MASK))
+    with pytest.raises(ValueError, match="beta"):
+        reward.abcd(SCORE, ATTN, MASK, 2.0)
