@@ -207,3 +207,35 @@ def test_bad_inputs(tiny, tmp_path, capsys):
     expect_error(capsys, tiny_args(tiny, blocker / "out"), "cannot write to --out_dir")
     expect_error(capsys, tiny_args(tiny, tmp_path, "--policy", str(tmp_path / "missing")), "cannot load tokenizer")
     expect_error(capsys, tiny_args(tiny, tmp_path / "fresh", "--resume"), "no usable checkpoint")
+
+
+# --- Seeing the credit ---------------------------------------------------------------------
+def test_explain_prints_each_schemes_credit(tiny, tmp_path, capsys):
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--explain", "the film was very good and long", "--prompt_len", "2"))
+    lines = capsys.readouterr().out.splitlines()
+    score = float(lines[0].split("RM score")[1].split()[0])
+    s0 = float(lines[0].split("s_0 =")[1])
+    assert lines[1].split()[1:] == ["sparse", "uniform", "abc", "b=0.5", "red", "abcd", "b=0.5"]
+    body, total = lines[2:-1], lines[-1].split()
+    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    assert len(body) == len(tok("the film was very good and long")["input_ids"]) - 2
+    sums = [float(x) for x in total[1:]]
+    assert sums[:3] == pytest.approx([score] * 3, abs=2e-3) and sums[4] == pytest.approx(score, abs=2e-3)
+    assert sums[3] == pytest.approx(score - s0, abs=2e-3)  # red telescopes to score - s_0
+    assert "\x1b[" not in "".join(lines)  # no colour codes when stdout is not a terminal
+
+
+def test_log_samples_and_credit_html(tiny, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", "red", "--steps", "2", "--log_samples", "3"))
+    samples = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    assert [x["step"] for x in samples] == [0, 0, 0, 1, 1, 1]
+    assert all(len(x["tokens"]) == len(x["credit"]) >= 1 for x in samples)
+    page = (tmp_path / "credit.html").read_text()
+    root = ET.fromstring(page[page.index("<html"):])  # well-formed: parses as XML
+    rows = root.findall(".//tr")
+    assert len(rows) == 1 + len(samples)
+    spans = rows[1].findall(".//td/span")
+    assert len(spans) == 1 + len(samples[0]["tokens"])  # the prompt, then one span per token
+    assert [float(s.get("title")) for s in spans[1:]] == pytest.approx(samples[0]["credit"], abs=1e-4)
