@@ -7,8 +7,8 @@ attention a_t from the scoring position over the completion tokens:
 
     r_t = beta * score * a_t + (1 - beta) * score * [t = last] - kl_coef * (log p(y_t) - log p_ref(y_t))
 
-Read top to bottom: arguments, data, models, rollout, scoring, rewards, GAE, PPO loss,
-checkpoints, training loop.
+Read top to bottom: arguments, data, models, rollout, policy forward, scoring and rewards,
+GAE, PPO loss, checkpoints, seeing the credit, training loop. reward.py holds the schemes.
 
     python abc_ppo.py --reward abc --beta 0.5
 """
@@ -42,14 +42,14 @@ PRESETS = {
     # A small GPT-2 policy and RM built offline by mini.py; prompts are held-out reviews.
     # The tiny model learns at a larger learning rate than GPT-2 124M.
     "mini": dict(policy="{mini_dir}/policy", reward_model="{mini_dir}/reward_model", dataset="{mini_dir}/prompts.jsonl",
-                 min_chars=0, prompt_len=[2, 5], steps=100, lr=1e-4),
+                 min_chars=0, prompt_len=[2, 5], steps=80, lr=1e-4),
 }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--reward", default="abc", choices=sorted(REWARDS), help="how the RM score becomes per-token rewards")
-    p.add_argument("--beta", type=float, default=0.5, help="abc: share of the score spread by attention, in [0, 1]")
+    p.add_argument("--reward", default="abc", choices=list(REWARDS), help="how the RM score becomes per-token rewards")
+    p.add_argument("--beta", type=float, default=0.5, help="abc, abcd: share of the score spread by attention, in [0, 1]")
     p.add_argument("--preset", default="auto", choices=["auto", "paper", "mini"],
                    help="auto: paper if the hub answers or its models are cached, else mini")
     p.add_argument("--mini_dir", default=mini.MINI_DIR, help="where the mini preset is built and cached")
@@ -91,12 +91,12 @@ def parse_args(argv=None):
     for name, pair in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
         if pair and (len(pair) != 2 or not 1 <= pair[0] <= pair[1]):
             fail(f"{name} takes MIN [MAX] with 1 <= MIN <= MAX, got {' '.join(map(str, pair))}")
-    if min(args.steps or 1, args.batch_size, args.mini_batch_size, args.ppo_epochs, args.log_samples + 1) < 1:
+    if min(args.steps or 1, args.batch_size, args.mini_batch_size, args.ppo_epochs) < 1:
         fail("--steps, --batch_size, --mini_batch_size and --ppo_epochs must be positive")
     if args.batch_size % args.mini_batch_size:
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
-    if args.log_samples > args.batch_size:
-        fail(f"--log_samples {args.log_samples} exceeds --batch_size {args.batch_size}")
+    if not 0 <= args.log_samples <= args.batch_size:
+        fail(f"--log_samples must be in [0, --batch_size {args.batch_size}], got {args.log_samples}")
     if args.preset == "auto":
         args.preset = choose_preset(args)
     for k, v in PRESETS[args.preset].items():
@@ -164,6 +164,7 @@ def sample_prompts(texts, tok, n, lengths, gen):
     """n random review openings, each cut to its own length in tokens, left-padded for generation.
     Returns ids [B, P] and mask [B, P]."""
     idx = torch.randint(len(texts), (n,), generator=gen).tolist()
+    # 500 characters hold far more than the few tokens a prompt keeps; no need to tokenise a whole review.
     ids = [tok(texts[i][:500])["input_ids"][:k] for i, k in zip(idx, lengths.tolist())]
     P = max(len(x) for x in ids)
     pad = tok.pad_token_id

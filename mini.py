@@ -71,29 +71,35 @@ def gpt2_config(tok, **kw):
     return GPT2Config(**{"vocab_size": len(tok), "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos, **SIZE, **kw})
 
 
-def batches(tok, texts, bs, steps, gen, max_len):
-    """`steps` random batches of right-padded token ids [B, L] and masks [B, L]."""
-    for _ in range(steps):
-        idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        yield idx, enc["input_ids"], enc["attention_mask"]
-
-
-def pretrain_lm(lm, tok, texts, steps=400, bs=32, lr=2e-3, seed=0, desc="policy LM"):
-    """Next-token cross-entropy on review + EOS, so the policy learns to end reviews too."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.01)
+def fit(model, loss_fn, steps, lr, desc):
+    """AdamW with a one-cycle learning-rate schedule: `steps` updates on loss_fn(), a fresh batch each."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    lm.train()
-    bar = tqdm(batches(tok, [t + EOS for t in texts], bs, steps, gen, lm.config.n_positions), total=steps, desc=desc)
-    for _, ids, mask in bar:
-        loss = lm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    model.train()
+    bar = tqdm(range(steps), desc=desc)
+    for _ in bar:
+        loss = loss_fn()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.2f}")
-    return lm.eval()
+    return model.eval()
+
+
+def pretrain_lm(lm, tok, texts, steps=400, bs=32, lr=2e-3, seed=0):
+    """Next-token cross-entropy on review + EOS, so the policy learns to end reviews too."""
+    gen = torch.Generator().manual_seed(seed)
+    texts = [t + EOS for t in texts]
+
+    def loss():
+        idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
+        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=lm.config.n_positions,
+                  return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        return lm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+
+    return fit(lm, loss, steps, lr, "policy LM")
 
 
 def rm_logits(rm, ids, mask):
@@ -108,26 +114,19 @@ def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0, prefix_s
     in EOS), because the policy's completions are scored after 8-16 tokens, often mid-sentence."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    opt = torch.optim.AdamW(rm.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
     ids_all = [tok(t)["input_ids"] for t in texts]
-    rm.train()
-    bar = tqdm(range(steps), desc="reward model")
-    for _ in bar:
+
+    def loss():
         idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
-        rows = [ids_all[i][:rng.randint(4, len(ids_all[i]))] if rng.random() < prefix_share else ids_all[i] + [tok.eos_token_id]
-                for i in idx]
+        rows = [ids_all[i][:rng.randint(4, len(ids_all[i]))] if rng.random() < prefix_share
+                else ids_all[i] + [tok.eos_token_id] for i in idx]
         rows = [r[-rm.config.n_positions:] for r in rows]
         L = max(map(len, rows))
         ids = torch.tensor([r + [tok.eos_token_id] * (L - len(r)) for r in rows])
         mask = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
-        loss = F.cross_entropy(rm_logits(rm, ids, mask), torch.tensor([labels[i] for i in idx]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.2f}")
-    return rm.eval()
+        return F.cross_entropy(rm_logits(rm, ids, mask), torch.tensor([labels[i] for i in idx]))
+
+    return fit(rm, loss, steps, lr, "reward model")
 
 
 @torch.no_grad()

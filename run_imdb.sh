@@ -8,7 +8,7 @@
 # Settings, from the environment:
 #   PRESET   paper | mini | auto           (default auto: paper if the hub or its cache has it)
 #   SEEDS    seeds 0..SEEDS-1, shared by all schemes, so step 0 is identical across schemes (default 5)
-#   STEPS    PPO steps per run             (default: the preset's, 150 paper / 100 mini)
+#   STEPS    PPO steps per run             (default: the preset's, 150 paper / 80 mini)
 #   REWARDS  schemes to run                (default: every scheme in reward.py)
 #   BETA     beta for abc                  (default 0.8, as in the paper's Figure 3)
 #   OUT      output folder                 (default runs/imdb-<preset>)
