@@ -201,7 +201,8 @@ def load_models(args, device):
     # ABC-D reads the policy's own attention, which only eager attention returns.
     eager = dict(attn_implementation="eager") if args.reward == "abcd" or args.explain else {}
     policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager).to(device).eval()
-    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy).to(device).eval()
+    # Same attention kernel as the policy, so that at step 0 log p - log p_ref is exactly 0.
+    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager).to(device).eval()
     ref.requires_grad_(False)
     # Eager attention: SDPA in transformers 5 returns no attention weights, and ABC needs them.
     rm = load("reward model", AutoModelForSequenceClassification.from_pretrained, args.reward_model,

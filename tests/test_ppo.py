@@ -151,6 +151,7 @@ def test_few_steps_write_well_formed_metrics(tiny, tmp_path, scheme):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", scheme, "--steps", "3"))
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 1, 2]
+    assert rows[0]["kl"] == 0  # policy and reference are the same model, computed the same way
     for r in rows:
         assert set(r) == KEYS and all(math.isfinite(v) for v in r.values())
         assert 1 <= r["completion_len"] <= 16 and r["reward_std"] >= 0 and r["entropy"] > 0
