@@ -72,7 +72,7 @@ def order_schemes(schemes, order=None):
 def summarise(runs, order=None, upto=100, last=10):
     """One row per scheme. With r_i(t) the reward_mean of seed i (n seeds) and rbar(t) = mean_i r_i(t):
     early = mean_i m_i  +- 2 * std_i(m_i, ddof=1) / sqrt(n),  m_i = mean of r_i(t) over steps t <= upto (0 if n = 1)
-    final = mean_i (mean of r_i over its last `last` steps)
+    final = mean_i (mean of r_i over its last `last` steps);   final_kl: the same for kl
     first_best = min{t : rbar(t) >= max_t rbar_sparse(t)}  ("never" if none, None if there is no sparse scheme)
     kl_neg = #{i : min_t kl_i(t) < 0};   sec_per_step = mean_{i,t} (time_generate + time_score + time_optimize)"""
     best = np.mean([r["reward_mean"] for r in runs["sparse"]], 0).max() if "sparse" in runs else None
@@ -87,6 +87,7 @@ def summarise(runs, order=None, upto=100, last=10):
             scheme=scheme, seeds=n, early_upto=int(steps[steps <= upto].max()),
             early_mean=early.mean(), early_2se=2 * early.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0,
             final=np.mean([r["reward_mean"][-last:].mean() for r in seeds]),
+            final_kl=np.mean([r["kl"][-last:].mean() for r in seeds]),
             first_best=None if hit is None else (int(steps[hit[0]]) if len(hit) else "never"),
             kl_neg=sum(int((r["kl"] < 0).any()) for r in seeds),
             sec_per_step=np.mean([r["time_generate"] + r["time_score"] + r["time_optimize"] for r in seeds])))
@@ -96,15 +97,15 @@ def summarise(runs, order=None, upto=100, last=10):
 def write_table(rows, path, n_files=None):
     """rows (from summarise) -> markdown table at path."""
     hi = max(r["early_upto"] for r in rows)
-    lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | final reward | first step ≥ best sparse "
-             "| seeds with KL < 0 | s/step |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | final reward | final KL | first step ≥ best sparse "
+             "| seeds with KL < 0 | s/step |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" (steps 0-{r['early_upto']})" if r["early_upto"] != hi else ""
         fb = "-" if r["first_best"] is None else r["first_best"]
         lines.append(f"| {r['scheme']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} "
-                     f"| {r['final']:.2f} | {fb} | {r['kl_neg']} | {r['sec_per_step']:.2f} |")
+                     f"| {r['final']:.2f} | {r['final_kl']:.2f} | {fb} | {r['kl_neg']} | {r['sec_per_step']:.2f} |")
     lines += ["", f"Columns: reward = reward_mean per step; mean over steps 0-{hi} per seed, then mean ± 2 s.e. over seeds; "
-              "final = mean of the last 10 steps, averaged over seeds; first step at which the seed-mean reward reaches "
+              "final = mean of the last 10 steps, averaged over seeds (reward, and KL); first step at which the seed-mean reward reaches "
               "the best seed-mean sparse reward; seeds whose KL went negative at any step; "
               "generate+score+optimize seconds per step.", ""]
     if n_files is not None:

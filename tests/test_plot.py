@@ -49,8 +49,9 @@ def check_outputs(out):
         assert data[:8] == PNG and len(data) > 1000
     md = (out / "results.md").read_text()
     assert "mean reward, steps 0-3 ± 2 s.e." in md
-    assert "| sparse | 2 | 3.00 ± 2.00 | 3.00 | 2 | 0 | 2.00 |" in md
-    assert "| abc | 3 | 4.50 ± 1.00 | 4.50 | 1 | 1 | 1.50 |" in md
+    assert "| sparse | 2 | 3.00 ± 2.00 | 3.00 | 0.10 | 2 | 0 | 2.00 |" in md
+    # abc final KL: seeds 0 and 1 at 0.1, seed 2 mean(0.1, 0, -0.2, 0.3) = 0.05 -> 0.25 / 3 = 0.08
+    assert "| abc | 3 | 4.50 ± 1.00 | 4.50 | 0.08 | 1 | 1 | 1.50 |" in md
     assert md.index("| sparse |") < md.index("| abc |")  # default order: sparse, uniform, abc, ...
     assert "Read 5 runs" in md
 
@@ -84,7 +85,7 @@ def test_no_sparse_and_one_seed(tmp_path):
     write(tmp_path, "abc", 0, [line(t, r) for t, r in enumerate([1, 2])])
     (r,) = plot.main([str(tmp_path)])
     assert r["first_best"] is None and r["early_2se"] == 0.0 and r["early_mean"] == pytest.approx(1.5)
-    assert "| abc | 1 | 1.50 ± 0.00 | 1.50 | - | 0 | 2.00 |" in (tmp_path / "results.md").read_text()
+    assert "| abc | 1 | 1.50 ± 0.00 | 1.50 | 0.10 | - | 0 | 2.00 |" in (tmp_path / "results.md").read_text()
 
 
 def test_never_and_order(out):
@@ -92,7 +93,7 @@ def test_never_and_order(out):
     rows = plot.main([str(out), "--order", "abc"])
     assert [r["scheme"] for r in rows] == ["abc", "sparse", "uniform"]
     assert rows[2]["first_best"] == "never"
-    assert "| uniform | 1 | 0.00 ± 0.00 | 0.00 | never | 0 | 2.00 |" in (out / "results.md").read_text()
+    assert "| uniform | 1 | 0.00 ± 0.00 | 0.00 | 0.10 | never | 0 | 2.00 |" in (out / "results.md").read_text()
 
 
 def test_main_function(out):
