@@ -287,7 +287,7 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
 
 
 # ---------------------------------------------------------------------------------------
-# 6. Scoring: one RM forward gives the score and the attention ABC needs.
+# 6. Scoring and rewards: one RM forward gives the score, ABC's attention and RED's prefix scores.
 # ---------------------------------------------------------------------------------------
 def last_index(attn_mask):
     """Index of each row's last real token, found from the mask, not from pad ids (GPT-2 pads
@@ -487,6 +487,14 @@ def load_checkpoint(out_dir, policy, value_head, opt, kl_ctl, gen, device):
     return state["step"] + 1
 
 
+def drop_steps_from(path, start):
+    """Keep only the JSON lines of steps before `start`."""
+    with open(path) as f:
+        keep = [line for line in f if json.loads(line)["step"] < start]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
 # ---------------------------------------------------------------------------------------
 # 10. Seeing the credit: --explain, samples.jsonl and credit.html.
 # ---------------------------------------------------------------------------------------
@@ -605,7 +613,12 @@ def main(argv=None):
     # Fused Adam: one kernel over all 124M parameters; on CPU its step is ~5x faster than the default.
     opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
     kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
-    start = load_checkpoint(args.out_dir, policy, value_head, opt, kl_ctl, gen, device) if args.resume else 0
+    start = 0
+    if args.resume:
+        start = load_checkpoint(args.out_dir, policy, value_head, opt, kl_ctl, gen, device)
+        for f in (metrics_file, samples_file):
+            if f:  # drop lines of steps after the checkpoint (a crash), so each step is logged once
+                drop_steps_from(f.name, start)
 
     B, mb = args.batch_size, args.mini_batch_size
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)

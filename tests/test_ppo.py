@@ -168,6 +168,8 @@ def test_same_seed_repeats_and_resume_continues_exactly(tiny, tmp_path):
     abc_ppo.main(tiny_args(tiny, b, "--steps", "4", "--seed", "3"))
     assert without_timings(read_metrics(a)) == without_timings(read_metrics(b))
     abc_ppo.main(tiny_args(tiny, c, "--steps", "2", "--seed", "3", "--save_every", "2"))  # stopped after 2 steps
+    with open(c / "metrics.jsonl", "a") as f:  # a step logged after the checkpoint, then a crash
+        f.write(json.dumps(dict(read_metrics(c)[-1], step=2)) + "\n")
     abc_ppo.main(tiny_args(tiny, c, "--steps", "4", "--seed", "3", "--resume"))
     assert without_timings(read_metrics(c)) == without_timings(read_metrics(a))
 
