@@ -91,8 +91,10 @@ def parse_args(argv=None):
     for name, pair in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
         if pair and (len(pair) != 2 or not 1 <= pair[0] <= pair[1]):
             fail(f"{name} takes MIN [MAX] with 1 <= MIN <= MAX, got {' '.join(map(str, pair))}")
-    if min(args.steps or 1, args.batch_size, args.mini_batch_size, args.ppo_epochs) < 1:
-        fail("--steps, --batch_size, --mini_batch_size and --ppo_epochs must be positive")
+    if min(1 if args.steps is None else args.steps, args.batch_size, args.mini_batch_size, args.ppo_epochs,
+           args.save_every) < 1 or min(args.target_kl, args.kl_horizon) <= 0:
+        fail("--steps, --batch_size, --mini_batch_size, --ppo_epochs, --save_every, --target_kl and "
+             "--kl_horizon must be positive")
     if args.batch_size % args.mini_batch_size:
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     if not 0 <= args.log_samples <= args.batch_size:
@@ -215,7 +217,7 @@ def load_models(args, device):
     rm_tok = load("tokenizer", AutoTokenizer.from_pretrained, args.reward_model)
     if rm_tok.pad_token_id is None:
         rm_tok.pad_token = rm_tok.eos_token
-    if rm_tok.get_vocab() == tok.get_vocab():
+    if rm_tok.get_vocab() == tok.get_vocab() and is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
 
     # Value head: V(s_t) = w . h_t + b on the policy's last hidden state, initialised small so
@@ -276,12 +278,16 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
                             output_attentions=attention)
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
-    logits = policy.get_output_embeddings()(h).float()  # [B, G, V]
+    # Both heads run in float32, also under --bf16, so old and new log-probs agree to float
+    # precision and the PPO ratio starts at 1.
+    with torch.autocast(h.device.type, enabled=False):
+        h = h.float()
+        logits = policy.get_output_embeddings()(h)  # [B, G, V]
+        values = value_head(h).squeeze(-1) if value_head is not None else None  # [B, G]
     logprobs = F.log_softmax(logits, dim=-1)
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
     with torch.no_grad():  # logged only
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-    values = value_head(h).squeeze(-1).float() if value_head is not None else None
     att = attention_row(out.attentions[-1], last_index(attn_mask))[:, P:] if attention else None
     return logp, values, entropy, att
 
@@ -327,7 +333,8 @@ def score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask):
       1. decode prompt and completion to text, noting each completion token's character span;
       2. re-tokenise with the RM's tokenizer and its offset mapping;
       3. read the score where the architecture reads it: last real token (decoder) or 0 (encoder);
-      4. move RM token j's attention and RED credit onto the policy tokens t it overlaps,
+      4. move RM token j's attention and RED credit onto the policy tokens t it overlaps
+       (as float32 sums, not einsum, which autocast would round to bfloat16),
              W[j, t] = |span_j & span_t| / sum_t' |span_j & span_t'|,
          so RM tokens outside the completion (special tokens, the prompt) give none.
     RED credit c_j = s_j - s_{j-1} starts after the last RM token that ends inside the prompt,
@@ -336,11 +343,12 @@ def score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask):
     B, P, G = seq.shape[0], prompt_mask.shape[1], mask.shape[1]
     texts, spans = [], torch.zeros(B, G, 2, dtype=torch.long)  # [B, G, (start, end)] in characters
     for b in range(B):
-        prompt = tok.decode(seq[b, :P][prompt_mask[b].bool()], skip_special_tokens=True)
+        prompt = seq[b, :P][prompt_mask[b].bool()].tolist()
         comp = seq[b, P:P + int(mask[b].sum())].tolist()
-        ends = [len(prompt) + len(tok.decode(comp[:k + 1], skip_special_tokens=True)) for k in range(len(comp))]
-        spans[b, :len(comp)] = torch.tensor(list(zip([len(prompt)] + ends[:-1], ends))).view(-1, 2)
-        texts.append(prompt + tok.decode(comp, skip_special_tokens=True))
+        # Decode growing prefixes of the whole text, so that spans and text agree for any tokenizer.
+        ends = [len(tok.decode(prompt + comp[:k], skip_special_tokens=True)) for k in range(len(comp) + 1)]
+        spans[b, :len(comp)] = torch.tensor(list(zip(ends[:-1], ends[1:]))).view(-1, 2)
+        texts.append(tok.decode(prompt + comp, skip_special_tokens=True))
     enc = rm_tok(texts, return_offsets_mapping=True, padding=True, truncation=True, return_tensors="pt")
     off = enc.pop("offset_mapping")  # [B, J, 2]
     ids, am = enc["input_ids"].to(seq.device), enc["attention_mask"].to(seq.device)
@@ -350,21 +358,21 @@ def score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask):
     if not is_decoder(rm):
         out = rm(input_ids=ids, attention_mask=am, output_attentions=True)
         att = out.attentions[-1][:, :, 0].mean(1).float()  # [B, J] from position 0
-        return logit_score(out.logits), torch.einsum("bj,bjg->bg", att, W), None
+        return logit_score(out.logits), (att[..., None] * W).sum(1), None
     s, att, scores = score(rm, ids, am)  # [B], [B, J], [B, J]
     # RM tokens after the prompt: from the first that touches the completion to the last real one.
     touches = W.sum(-1) > 0  # [B, J]
     j = torch.arange(ids.shape[1], device=ids.device)
-    first = torch.where(touches, j, ids.shape[1]).min(1).values  # [B]
+    first = torch.minimum(torch.where(touches, j, ids.shape[1]).min(1).values, last_index(am) + 1)  # [B]
     region = (j >= first[:, None]) & (am > 0)
     # A region token that overlaps no policy token (an EOS the RM tokenizer appends, say) gives
     # its credit to the last completion token, so no credit is lost.
     last_t = F.one_hot(mask.sum(1) - 1, G).float()[:, None]  # [B, 1, G]
     W_red = torch.where(region[..., None] & ~touches[..., None], last_t, W) * region[..., None]
     s_prev = torch.cat([scores[:, :1], scores[:, :-1]], 1)
-    credit = torch.einsum("bj,bjg->bg", (scores - s_prev) * region, W_red)  # [B, G]
+    credit = (((scores - s_prev) * region)[..., None] * W_red).sum(1)  # [B, G]
     s0 = scores.gather(1, (first - 1).clamp(min=0)[:, None])  # score at the last prompt-only token
-    return s, torch.einsum("bj,bjg->bg", att, W), torch.cat([s0, s0 + credit.cumsum(1)], 1)
+    return s, (att[..., None] * W).sum(1), torch.cat([s0, s0 + credit.cumsum(1)], 1)
 
 
 def score_completions(rm, rm_tok, tok, seq, prompt_mask, mask):
@@ -471,11 +479,10 @@ def load_checkpoint(out_dir, policy, value_head, opt, kl_ctl, gen, device):
 
     path = os.path.join(out_dir, "checkpoint")
     try:
-        state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)
+        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
         policy.load_state_dict(AutoModelForCausalLM.from_pretrained(path).state_dict())
     except Exception as e:
         fail(f"--resume: no usable checkpoint in {path} ({first_line(e)})")
-    policy.to(device)
     value_head.load_state_dict(state["value_head"])
     opt.load_state_dict(state["opt"])
     kl_ctl.value = state["kl_coef"]
@@ -671,7 +678,7 @@ def main(argv=None):
         t3 = time.perf_counter()
 
         # --- Logging: one JSON line per step, flushed at once ---------------------------
-        row = dict(step=step, reward_mean=rm_score.mean().item(), reward_std=rm_score.std().item(),
+        row = dict(step=step, reward_mean=rm_score.mean().item(), reward_std=rm_score.std().item() if B > 1 else 0.0,
                    kl=mean_kl, kl_coef=kl_coef,
                    **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
                    entropy=sum(entropies) / len(entropies), completion_len=mask_f.sum(1).mean().item(),
