@@ -38,11 +38,13 @@ from reward import REWARDS
 PRESETS = {
     # The paper's models and data, from the Hugging Face hub.
     "paper": dict(policy="lvwerra/gpt2-imdb", reward_model="XanderJC/gpt2-rm-imdb", dataset="stanfordnlp/imdb",
-                  min_chars=200, prompt_len=[2, 8], steps=150, lr=1.41e-5),
+                  min_chars=200, prompt_len=[2, 8], steps=150, lr=1.41e-5, score_eos=0),
     # A small GPT-2 policy and RM built offline by mini.py; prompts are held-out reviews.
     # The tiny model learns at a larger learning rate than GPT-2 124M.
+    # score_eos: whether the RM reads a completion's final EOS. The paper's RM was trained on
+    # review text and read before EOS (its pad id is EOS); mini's RM is trained on review + EOS.
     "mini": dict(policy="{mini_dir}/policy", reward_model="{mini_dir}/reward_model", dataset="{mini_dir}/prompts.jsonl",
-                 min_chars=0, prompt_len=[2, 5], steps=80, lr=1e-4),
+                 min_chars=0, prompt_len=[2, 5], steps=80, lr=1e-4, score_eos=1),
 }
 
 
@@ -56,6 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--policy", help="hub name or local dir of a causal LM (default: preset's)")
     p.add_argument("--reward_model", help="hub name or local dir of a sequence classifier (default: preset's)")
     p.add_argument("--dataset", help="hub name, local dir, or .csv/.json/.jsonl file with a 'text' column")
+    p.add_argument("--score_eos", type=int, choices=[0, 1], help="1: the RM reads a final EOS; 0: it scores before it")
     p.add_argument("--min_chars", type=int, help="keep texts longer than this many characters")
     p.add_argument("--prompt_len", type=int, nargs="+", metavar="N", help="prompt = first MIN [MAX] tokens")
     p.add_argument("--gen_len", type=int, nargs=2, default=[8, 16], metavar=("MIN", "MAX"), help="completion length drawn from MIN..MAX")
@@ -375,14 +378,20 @@ def score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask):
     return s, (att[..., None] * W).sum(1), torch.cat([s0, s0 + credit.cumsum(1)], 1)
 
 
-def score_completions(rm, rm_tok, tok, seq, prompt_mask, mask):
+def score_completions(rm, rm_tok, tok, seq, prompt_mask, mask, score_eos):
     """Score, RM attention over the completion [B, G] and RED prefix scores [B, G+1], through
-    the fast path when the tokenizers match and re-tokenising when they do not."""
+    the fast path when the tokenizers match and re-tokenising (which drops EOS) when they do not.
+    With score_eos = 0 a final EOS stays the policy's action but the RM scores the text before it."""
     if rm_tok is not None:
         return score_retokenized(rm, rm_tok, tok, seq, prompt_mask, mask)
     P = prompt_mask.shape[1]
-    s, attention, scores = score(rm, seq, torch.cat([prompt_mask, mask], 1))
-    return s, attention[:, P:], scores[:, P - 1:]
+    rm_mask = mask if score_eos else mask * (seq[:, P:] != tok.eos_token_id)  # [B, G]
+    s, attention, scores = score(rm, seq, torch.cat([prompt_mask, rm_mask], 1))
+    prefix = scores[:, P - 1:]  # [B, G+1]
+    # An EOS the RM does not read adds nothing to RED: its prefix score is the one before it.
+    hidden = (mask - rm_mask).bool()
+    prefix = torch.cat([prefix[:, :1], torch.where(hidden, prefix[:, :-1], prefix[:, 1:])], 1)
+    return s, attention[:, P:] * rm_mask, prefix
 
 
 def per_token_rewards(scheme, **signals):
@@ -524,7 +533,7 @@ def explain(args, tok, policy, rm, rm_tok, device):
         fail(f"--explain text has {len(ids)} tokens; it needs more than the prompt's {k} (--prompt_len)")
     seq = torch.tensor([ids], device=device)
     prompt_mask, mask = torch.ones(1, k, dtype=torch.long, device=device), torch.ones(1, len(ids) - k, device=device)
-    s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask.long())
+    s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask.long(), args.score_eos)
     policy_attention = forward(policy, None, seq, torch.ones_like(seq), k, attention=True)[3]
     signals = dict(score=s, mask=mask, attention=attention, beta=args.beta, prefix_scores=prefix_scores,
                    policy_attention=policy_attention)
@@ -645,7 +654,8 @@ def main(argv=None):
         # --- Scoring: RM score and attention, old and reference log-probs ---------------
         with torch.no_grad(), autocast:
             # One RM pass: score [B], its attention over the completion [B, G], prefix scores [B, G+1].
-            rm_score, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask)
+            rm_score, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask,
+                                                                  args.score_eos)
             old_logp, old_values, _, policy_attention = forward(policy, value_head, seq, attn_mask, P,
                                                                 attention=args.reward == "abcd")  # [B, G] each
             ref_logp = forward(ref, None, seq, attn_mask, P)[0]

@@ -102,6 +102,15 @@ def pretrain_lm(lm, tok, texts, steps=400, bs=32, lr=2e-3, seed=0):
     return fit(lm, loss, steps, lr, "policy LM")
 
 
+def right_pad(rows, tok, max_len):
+    """Token-id lists, each cut to its last max_len tokens (the RM reads the end), right-padded:
+    ids [B, L] and mask [B, L]."""
+    rows = [r[-max_len:] for r in rows]
+    L = max(map(len, rows))
+    return (torch.tensor([r + [tok.eos_token_id] * (L - len(r)) for r in rows]),
+            torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows]))
+
+
 def rm_logits(rm, ids, mask):
     """Two-label logits read at the last real token of right-padded rows: [B, 2]."""
     h = rm.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -118,13 +127,10 @@ def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0, prefix_s
 
     def loss():
         idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
-        rows = [ids_all[i][:rng.randint(4, len(ids_all[i]))] if rng.random() < prefix_share
+        rows = [ids_all[i][:rng.randint(min(4, len(ids_all[i])), len(ids_all[i]))] if rng.random() < prefix_share
                 else ids_all[i] + [tok.eos_token_id] for i in idx]
-        rows = [r[-rm.config.n_positions:] for r in rows]
-        L = max(map(len, rows))
-        ids = torch.tensor([r + [tok.eos_token_id] * (L - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
-        return F.cross_entropy(rm_logits(rm, ids, mask), torch.tensor([labels[i] for i in idx]))
+        return F.cross_entropy(rm_logits(rm, *right_pad(rows, tok, rm.config.n_positions)),
+                               torch.tensor([labels[i] for i in idx]))
 
     return fit(rm, loss, steps, lr, "reward model")
 
@@ -132,8 +138,8 @@ def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0, prefix_s
 @torch.no_grad()
 def accuracy(rm, tok, texts, labels):
     """Share of reviews (+ EOS) whose score logit[1] - logit[0] has the label's sign."""
-    enc = tok([t + EOS for t in texts], padding=True, return_tensors="pt")
-    logits = rm_logits(rm, enc["input_ids"], enc["attention_mask"])
+    rows = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+    logits = rm_logits(rm, *right_pad(rows, tok, rm.config.n_positions))
     return ((logits[:, 1] > logits[:, 0]).long() == torch.tensor(labels)).float().mean().item()
 
 

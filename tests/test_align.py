@@ -106,19 +106,17 @@ def test_one_rm_token_over_two_policy_tokens_splits_its_credit(encoder, policy_t
     enc = rm_tok(["the film movie"], return_tensors="pt")
     att = rm(**enc, output_attentions=True).attentions[-1][0, :, 0].mean(0)  # from [CLS]
     movie = att[3]  # [CLS] the film movie [SEP]
-    spans = [len(policy_tok.decode(part1[:k + 1])) for k in range(len(part1))]
     # " mov" holds 3 of movie's 5 characters (its space is not part of the RM token), "ie" 2.
     n1 = len(part1)
     got1, got2 = attention[0, :n1].sum(), attention[0, n1:].sum()
     torch.testing.assert_close(got1 + got2, movie)
     torch.testing.assert_close(got1 / movie, torch.tensor(3 / 5), atol=1e-6, rtol=1e-6)
-    assert spans[-1] == 4
 
 
 def test_identical_tokenizers_match_the_fast_path(tiny, policy_tok):
     rm = AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval()
     seq, prompt_mask, mask = batch(policy_tok, texts_to_pairs(policy_tok, ITEMS))
-    (s_fast, a_fast, p_fast) = abc_ppo.score_completions(rm, None, policy_tok, seq, prompt_mask, mask)
+    (s_fast, a_fast, p_fast) = abc_ppo.score_completions(rm, None, policy_tok, seq, prompt_mask, mask, 1)
     (s_slow, a_slow, p_slow) = abc_ppo.score_retokenized(rm, policy_tok, policy_tok, seq, prompt_mask, mask)
     close = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_fast, s_slow, **close)

@@ -22,10 +22,11 @@ def mini_dir(tmp_path_factory):
 def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     texts, labels = mini.read_reviews(mini.CORPUS)
     data = tmp_path / "small.csv"  # CSV input, as `python mini.py --data my.csv` takes
-    data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in zip(texts[:200], labels[:200])))
+    rows = list(zip(texts[:200], labels[:200])) + [("Great.", 1), (" ".join(["long"] * 150) + " and dull.", 0)]
+    data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in rows))  # one tiny, one over 64 tokens
     out = str(tmp_path / "mini")
     manifest = mini.build(str(data), out, lm_steps=20, rm_steps=20, size=SMALL)
-    assert manifest["reviews"] == 200 and 0 <= manifest["rm_heldout_accuracy"] <= 1
+    assert manifest["reviews"] == 202 and 0 <= manifest["rm_heldout_accuracy"] <= 1
     assert set(manifest) >= {"corpus_sha256", "policy_params", "rm_params", "torch", "transformers", "tokenizers"}
     assert AutoModelForCausalLM.from_pretrained(os.path.join(out, "policy")).config.n_layer == 2
     rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "reward_model"))
@@ -33,10 +34,10 @@ def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "reward_model"))
     assert tok.decode(tok("a great film")["input_ids"]) == "a great film"
     held = [json.loads(l)["text"] for l in open(os.path.join(out, "prompts.jsonl"))]
-    assert held and set(held) <= set(texts[:200])
+    assert held and set(held) <= {t for t, _ in rows}
 
 
-def test_default_mini_reward_model_is_accurate(mini_dir):
+def test_small_mini_reward_model_is_accurate(mini_dir):
     # The small test build; the default build reaches higher (see README).
     assert json.load(open(os.path.join(mini_dir, "manifest.json")))["rm_heldout_accuracy"] > 0.75
 

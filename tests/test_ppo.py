@@ -64,6 +64,20 @@ def test_score_is_read_at_an_eos_inside_the_completion(rm_and_tok):
     assert a[0, -len(junk):].abs().max() == 0  # nothing after the EOS is attended to
 
 
+def test_score_eos_0_scores_the_text_before_a_final_eos(rm_and_tok):
+    rm, tok = rm_and_tok
+    p, c = tok("the plot")["input_ids"], tok(" was good")["input_ids"]
+    seq = torch.tensor([p + c + [tok.eos_token_id], p + c + [tok.eos_token_id]])
+    prompt_mask, mask = torch.ones(2, len(p), dtype=torch.long), torch.tensor([[1] * (len(c) + 1), [1] * len(c) + [0]])
+    s, a, prefix = abc_ppo.score_completions(rm, None, tok, seq, prompt_mask, mask, score_eos=0)
+    s1, a1 = alone(rm, p, c)
+    torch.testing.assert_close(s, torch.stack([s1, s1]), atol=1e-5, rtol=1e-5)  # EOS or not: the same text
+    torch.testing.assert_close(a[0, :-1], a1, atol=1e-5, rtol=1e-5)
+    assert a[0, -1] == 0 and prefix[0, -1] == prefix[0, -2]  # the EOS gets no attention and no RED credit
+    s_eos, _, _ = abc_ppo.score_completions(rm, None, tok, seq, prompt_mask, mask, score_eos=1)
+    assert s_eos[0] != s[0] and s_eos[1] == s[1]  # with score_eos=1 the RM reads the EOS itself
+
+
 def test_test_reward_model_prefers_the_known_token(tiny):
     assert tiny["accuracy"] > 0.9
 
