@@ -276,8 +276,9 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     """log pi(y_t | x, y_<t), V(x, y_<t) and the entropy of pi at each completion step.
     The vocabulary head runs only on the G positions that predict completion tokens.
     With attention=True (ABC-D) also the policy's last-layer attention, averaged over heads,
-    from the last completion token to each completion token.
-    Returns logp [B, G], values [B, G], entropy [B, G], attention [B, G] or None."""
+    between completion tokens: A[q, j] from token q to token j. Causal attention makes it equal
+    to the attention the policy paid while generating.
+    Returns logp [B, G], values [B, G], entropy [B, G], attention [B, G, G] or None."""
     out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
                             output_attentions=attention)
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
@@ -291,7 +292,7 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
     with torch.no_grad():  # logged only
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-    att = attention_row(out.attentions[-1], last_index(attn_mask))[:, P:] if attention else None
+    att = out.attentions[-1][:, :, P:, P:].mean(1).float() if attention else None
     return logp, values, entropy, att
 
 
@@ -657,7 +658,7 @@ def main(argv=None):
             rm_score, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask,
                                                                   args.score_eos)
             old_logp, old_values, _, policy_attention = forward(policy, value_head, seq, attn_mask, P,
-                                                                attention=args.reward == "abcd")  # [B, G] each
+                                                                attention=args.reward == "abcd")  # [B, G]
             ref_logp = forward(ref, None, seq, attn_mask, P)[0]
         mask_f = mask.float()
         kl = (old_logp - ref_logp) * mask_f  # [B, G] per-token KL estimate

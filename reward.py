@@ -80,11 +80,27 @@ def red(prefix_scores, mask):
 
 
 def abcd(score, policy_attention, mask, beta):
-    """ABC-D: `abc` with the policy's own last-layer attention, averaged over heads, from the
-    last completion token, in place of the reward model's:
-        r_t = beta * score * a_t + (1 - beta) * score * [t = last]
+    """ABC-D, the paper's Figure 3 ablation: `abc` with the *policy's* last-layer attention, as the
+    authors read it during generation. `policy_attention` [B, T, T] holds A[q, j], the head-averaged
+    attention from completion token q (a query) to completion token j. In generation, completion
+    token q is fed in only to produce token q+1, so the final token is never a query: with
+    n real tokens the queries are q = 0 .. n-2. Each column is averaged over the later queries,
+        c_j = mean_{q = j .. n-2} A[q, j],
+    and, as in the authors' code, the map is shifted right by one, so a token is credited with
+    the attention paid to the position that produced it, and token 0 gets none:
+        a_0 = 0,   a_t = c_{t-1} (renormalised over the completion),
+        r_t = beta * score * a_t + (1 - beta) * score * [t = last].
     """
-    return abc(score, policy_attention, mask, beta)
+    if policy_attention.shape != (*mask.shape, mask.shape[1]):
+        raise ValueError(f"policy_attention {tuple(policy_attention.shape)} must be [B, T, T] for mask {tuple(mask.shape)}")
+    m = mask.float()
+    query = torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1)  # [B, T]: q is a query iff token q+1 is real
+    A = policy_attention.float() * query[:, :, None]  # [B, T, T], rows of non-queries zeroed
+    later = torch.tril(torch.ones_like(A[0]))  # [T, T]: 1 where q >= j (causal)
+    count = torch.einsum("bq,qj->bj", query, later)  # [B, T]: queries at or after each column
+    c = A.sum(1) / count.clamp(min=1)  # [B, T]
+    a = torch.cat([torch.zeros_like(c[:, :1]), c[:, :-1]], 1)  # shift right by one
+    return abc(score, a, mask, beta)
 
 
 REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc, "red": red, "abcd": abcd}

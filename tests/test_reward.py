@@ -98,13 +98,47 @@ def test_red_checks_the_prefix_shape():
         reward.red(PREFIX[:, 1:], MASK)
 
 
-# --- abcd: abc with the policy's attention -------------------------------------------------
+# --- abcd: the paper's ABC-D, from the policy's attention during generation -------------------
+POLICY_ATTN = torch.tensor([[[0.5, 0.0, 0.0, 0.0, 0.0],   # query 0
+                             [0.2, 0.4, 0.0, 0.0, 0.0],   # query 1
+                             [0.1, 0.3, 0.6, 0.0, 0.0],   # query 2 (the last query: token 3 is the final one)
+                             [0.1, 0.1, 0.1, 0.7, 0.0],   # token 3 is never fed in as a query
+                             [0.2, 0.2, 0.2, 0.2, 0.2]]])  # padding
+ONE_MASK = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+
+
+def test_abcd_by_hand():
+    # Column means over the queries at or after each column: c = [0.8/3, 0.35, 0.6, -], shifted right by one.
+    a = torch.tensor([[0.0, 0.8 / 3, 0.35, 0.6, 0.0]])
+    torch.testing.assert_close(reward.abcd(torch.tensor([2.0]), POLICY_ATTN, ONE_MASK, 1.0), 2.0 * a / a.sum())
+
+
+def test_abcd_matches_a_generation_loop():
+    """The authors' construction, one generation step at a time: step k feeds completion token k-1
+    and attends to tokens 0..k-1; that row goes into columns 1..k; columns average their nonzero rows."""
+    torch.manual_seed(0)
+    B, T = 3, 6
+    att = torch.rand(B, T, T).tril()
+    att = att / att.sum(-1, keepdim=True)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2, [1] * 2 + [0] * 4]).float()
+    score = torch.tensor([1.0, -2.0, 0.5])
+    expect = torch.zeros(B, T)
+    for b in range(B):
+        n = int(mask[b].sum())
+        M = torch.zeros(n, n)
+        for k in range(1, n):
+            M[k, 1:k + 1] = att[b, k - 1, :k]
+        a = (M.sum(0) / (M != 0).sum(0).clamp(min=1))
+        expect[b, :n] = score[b] * a / a.sum()
+    torch.testing.assert_close(reward.abcd(score, att, mask, 1.0), expect)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.4, 1.0])
 def test_abcd_sums_and_beta(beta):
-    r = reward.abcd(SCORE, ATTN, MASK, beta)
+    r = reward.abcd(SCORE, POLICY_ATTN.expand(3, 5, 5), MASK, beta)
     torch.testing.assert_close(r.sum(1), SCORE)
-    torch.testing.assert_close(r, reward.abc(SCORE, ATTN, MASK, beta))
+    assert (r[:, 0] == 0).all()  # token 0 produced no position that a later query could attend to
     if beta == 0:
         torch.testing.assert_close(r, reward.sparse(SCORE, MASK))
     with pytest.raises(ValueError, match="beta"):
-        reward.abcd(SCORE, ATTN, MASK, 2.0)
+        reward.abcd(SCORE, POLICY_ATTN.expand(3, 5, 5), MASK, 2.0)
