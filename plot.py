@@ -73,16 +73,20 @@ def summarise(runs, order=None, upto=100, last=10):
     """One row per scheme. With r_i(t) the reward_mean of seed i (n seeds) and rbar(t) = mean_i r_i(t):
     early = mean_i m_i  +- 2 * std_i(m_i, ddof=1) / sqrt(n),  m_i = mean of r_i(t) over steps t <= upto (0 if n = 1)
     final = mean_i (mean of r_i over its last `last` steps);   final_kl: the same for kl
-    first_best = min{t : rbar(t) >= max_t rbar_sparse(t)}  ("never" if none, None if there is no sparse scheme)
+    first_best = min{t : rbar(t) > max_{t' <= upto} rbar_sparse(t')}, as the paper reads its Figure 3
+                 ("never" if none, None if there is no sparse scheme)
     kl_neg = #{i : min_t kl_i(t) < 0};   sec_per_step = mean_{i,t} (time_generate + time_score + time_optimize)"""
-    best = np.mean([r["reward_mean"] for r in runs["sparse"]], 0).max() if "sparse" in runs else None
+    best = None
+    if "sparse" in runs:
+        sparse = runs["sparse"]
+        best = np.mean([r["reward_mean"] for r in sparse], 0)[sparse[0]["step"] <= upto].max()
     rows = []
     for scheme in order_schemes(runs, order):
         seeds = runs[scheme]
         n, steps = len(seeds), seeds[0]["step"]
         early = np.array([r["reward_mean"][steps <= upto].mean() for r in seeds])
         rbar = np.mean([r["reward_mean"] for r in seeds], 0)
-        hit = np.nonzero(rbar >= best)[0] if best is not None else None
+        hit = np.nonzero(rbar > best)[0] if best is not None else None
         rows.append(dict(
             scheme=scheme, seeds=n, early_upto=int(steps[steps <= upto].max()),
             early_mean=early.mean(), early_2se=2 * early.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0,
@@ -97,7 +101,7 @@ def summarise(runs, order=None, upto=100, last=10):
 def write_table(rows, path, n_files=None):
     """rows (from summarise) -> markdown table at path."""
     hi = max(r["early_upto"] for r in rows)
-    lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | final reward | final KL | first step ≥ best sparse "
+    lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | final reward | final KL | first step > best sparse "
              "| seeds with KL < 0 | s/step |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" (steps 0-{r['early_upto']})" if r["early_upto"] != hi else ""
@@ -105,8 +109,8 @@ def write_table(rows, path, n_files=None):
         lines.append(f"| {r['scheme']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} "
                      f"| {r['final']:.2f} | {r['final_kl']:.2f} | {fb} | {r['kl_neg']} | {r['sec_per_step']:.2f} |")
     lines += ["", f"Columns: reward = reward_mean per step; mean over steps 0-{hi} per seed, then mean ± 2 s.e. over seeds; "
-              "final = mean of the last 10 steps, averaged over seeds (reward, and KL); first step at which the seed-mean reward reaches "
-              "the best seed-mean sparse reward; seeds whose KL went negative at any step; "
+              "final = mean of the last 10 steps, averaged over seeds (reward, and KL); first step at which the seed-mean reward exceeds "
+              f"the best seed-mean sparse reward of steps 0-{hi}; seeds whose KL went negative at any step; "
               "generate+score+optimize seconds per step.", ""]
     if n_files is not None:
         lines.append(f"Read {n_files} runs (metrics.jsonl files).")

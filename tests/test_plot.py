@@ -29,12 +29,13 @@ def write(out, scheme, seed, lines):
 def out(tmp_path):
     # sparse: seed0 rewards [1,2,3,2]; seed1 [3,4,5,4] after dropping resume duplicates and the extra step 4.
     #   per-seed means 2, 4 -> 3.00 ± 2*std([2,4],ddof=1)/sqrt(2) = 2*sqrt(2)/sqrt(2) = 2.00; final 3.00
-    #   seed-mean curve [2,3,4,3] -> best sparse = 4, first reached at step 2; s/step = 1+0.5+0.5 = 2.00
+    #   seed-mean curve [2,3,4,3] -> best sparse = 4, which sparse never exceeds (> 4: "never",
+    #   where >= would give step 2); s/step = 1+0.5+0.5 = 2.00
     write(tmp_path, "sparse", 0, [line(t, r) for t, r in enumerate([1, 2, 3, 2])])
     write(tmp_path, "sparse", 1, [line(0, 3), line(1, 100), line(2, 100),  # crashed, resumed from step 1
                                   line(1, 4), line(2, 5), line(3, 4), line(4, 1000)])  # step 4: longer run
     # abc: seeds [2,4,6,8], [3,5,5,7], [1,3,4,6] -> means 5, 5, 3.5 -> 4.50; std(ddof=1) = sqrt(0.75)
-    #   -> 2*sqrt(0.75)/sqrt(3) = 1.00; final 4.50; curve [2,4,5,7] >= 4 first at step 1
+    #   -> 2*sqrt(0.75)/sqrt(3) = 1.00; final 4.50; curve [2,4,5,7] > 4 first at step 2 (>= 4: step 1)
     #   seed 2 has KL < 0 at step 2; times: seed0 totals t+1 = 1,2,3,4, others 1 -> (10+4+4)/12 = 1.50
     write(tmp_path, "abc", 0, [line(t, r, tg=t, ts=0, to=1) for t, r in enumerate([2, 4, 6, 8])])
     write(tmp_path, "abc", 1, [line(t, r, tg=1, ts=0, to=0) for t, r in enumerate([3, 5, 5, 7])])
@@ -49,9 +50,10 @@ def check_outputs(out):
         assert data[:8] == PNG and len(data) > 1000
     md = (out / "results.md").read_text()
     assert "mean reward, steps 0-3 ± 2 s.e." in md
-    assert "| sparse | 2 | 3.00 ± 2.00 | 3.00 | 0.10 | 2 | 0 | 2.00 |" in md
+    assert "first step > best sparse" in md and "exceeds the best seed-mean sparse reward of steps 0-3" in md
+    assert "| sparse | 2 | 3.00 ± 2.00 | 3.00 | 0.10 | never | 0 | 2.00 |" in md
     # abc final KL: seeds 0 and 1 at 0.1, seed 2 mean(0.1, 0, -0.2, 0.3) = 0.05 -> 0.25 / 3 = 0.08
-    assert "| abc | 3 | 4.50 ± 1.00 | 4.50 | 0.08 | 1 | 1 | 1.50 |" in md
+    assert "| abc | 3 | 4.50 ± 1.00 | 4.50 | 0.08 | 2 | 1 | 1.50 |" in md
     assert md.index("| sparse |") < md.index("| abc |")  # default order: sparse, uniform, abc, ...
     assert "Read 5 runs" in md
 
@@ -68,7 +70,7 @@ def test_summarise_numbers(out):
     s, a = rows["sparse"], rows["abc"]
     assert (s["early_mean"], s["early_2se"], s["final"]) == pytest.approx((3.0, 2.0, 3.0))
     assert (a["early_mean"], a["early_2se"], a["final"]) == pytest.approx((4.5, 1.0, 4.5))
-    assert (s["first_best"], a["first_best"]) == (2, 1)
+    assert (s["first_best"], a["first_best"]) == ("never", 2)
     assert (s["kl_neg"], a["kl_neg"]) == (0, 1)
     assert (s["sec_per_step"], a["sec_per_step"]) == pytest.approx((2.0, 1.5))
     assert s["early_upto"] == a["early_upto"] == 3
@@ -76,9 +78,12 @@ def test_summarise_numbers(out):
 
 def test_windows(out):
     # steps 0-1 only: sparse means 1.5, 3.5 -> 2.5 ± 2.0; last 2 steps: [3,2], [5,4] -> 2.5, 4.5 -> 3.5
-    s = plot.summarise(plot.load_runs(str(out)), upto=1, last=2)[0]
+    s, a = plot.summarise(plot.load_runs(str(out)), upto=1, last=2)
     assert s["scheme"] == "sparse" and s["early_upto"] == 1
     assert (s["early_mean"], s["early_2se"], s["final"]) == pytest.approx((2.5, 2.0, 3.5))
+    # best sparse over steps 0-1 is 3 (not 4): sparse [2,3,4,3] first > 3 at step 2 (>= 3: step 1),
+    # abc [2,4,5,7] first > 3 at step 1 (> 4, all steps: step 2)
+    assert (s["first_best"], a["first_best"]) == (2, 1)
 
 
 def test_no_sparse_and_one_seed(tmp_path):
