@@ -13,26 +13,34 @@
 #   BETA     beta for abc                  (default 0.8, as in the paper's Figure 3)
 #   OUT      output folder                 (default runs/imdb-<preset>)
 #   JOBS     runs at once                  (default: one per CPU core for mini, 1 for paper)
+#   GEN_LEN  completion lengths MIN MAX for every run, e.g. "40 60" (default: abc_ppo.py's, 8 15)
 #   EXTRA    more flags for every abc_ppo.py run, e.g. "--device cuda --bf16" or "--mini_dir DIR"
+#   KEEP_CHECKPOINTS  1: keep each finished run's checkpoint (default: removed once the run is done)
+#   PYTHON   Python interpreter for every step (default python)
 #
 # Finished runs (OUT/<reward>/seed<k>/done) are skipped, and an interrupted run resumes from its
 # last checkpoint, so the script can simply be started again. Any failed run stops it with an error.
+# A finished run's checkpoint (policy and Adam state, ~1.5 GB for GPT-2 124M) is removed unless
+# KEEP_CHECKPOINTS=1: a done run is skipped, never resumed.
 set -euo pipefail
 cd "$(dirname "$0")"
 start=$(date +%s)
 
+PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-5}
 BETA=${BETA:-0.8}
-REWARDS=${REWARDS:-$(python -c 'import reward; print(" ".join(reward.REWARDS))')}
-# Resolve auto once, and build the mini cache once, before runs start in parallel.
-PRESET=$(python -c 'import sys, abc_ppo, mini
+GEN_LEN=${GEN_LEN:-}
+REWARDS=${REWARDS:-$("$PYTHON" -c 'import reward; print(" ".join(reward.REWARDS))')}
+# Resolve auto once, and build the mini cache once, before runs start in parallel; bad flags fail here.
+PRESET=$("$PYTHON" -c 'import sys, abc_ppo, mini
 a = abc_ppo.parse_args(sys.argv[1:])
 if a.preset == "mini": mini.ensure(a.mini_dir)
-print(a.preset)' --preset "${PRESET:-auto}" ${EXTRA:-})
+print(a.preset)' --preset "${PRESET:-auto}" ${GEN_LEN:+--gen_len $GEN_LEN} ${EXTRA:-})
 OUT=${OUT:-runs/imdb-$PRESET}
 if [ "$PRESET" = mini ]; then JOBS=${JOBS:-$(nproc)}; else JOBS=${JOBS:-1}; fi
 THREADS=$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
-echo "run_imdb.sh: preset $PRESET, rewards [$REWARDS], seeds $SEEDS, steps ${STEPS:-default}, beta $BETA, $JOBS job(s) -> $OUT"
+echo "run_imdb.sh: preset $PRESET, rewards [$REWARDS], seeds $SEEDS, steps ${STEPS:-default}, beta $BETA," \
+    "gen_len ${GEN_LEN:-default}, $JOBS job(s) -> $OUT"
 
 run() {  # run <reward> <seed>
     local dir="$OUT/$1/seed$2" resume=""
@@ -40,9 +48,11 @@ run() {  # run <reward> <seed>
     [ -e "$dir/checkpoint/trainer_state.pt" ] && resume=--resume
     mkdir -p "$dir"
     echo "start $1 seed $2 $resume"
-    if OMP_NUM_THREADS=$THREADS python abc_ppo.py --preset "$PRESET" --reward "$1" --beta "$BETA" --seed "$2" \
-        --out_dir "$dir" ${STEPS:+--steps "$STEPS"} $resume ${EXTRA:-} > "$dir/log.txt" 2>&1; then
+    if OMP_NUM_THREADS=$THREADS "$PYTHON" abc_ppo.py --preset "$PRESET" --reward "$1" --beta "$BETA" --seed "$2" \
+        --out_dir "$dir" ${STEPS:+--steps "$STEPS"} ${GEN_LEN:+--gen_len $GEN_LEN} $resume ${EXTRA:-} \
+        > "$dir/log.txt" 2>&1; then
         touch "$dir/done"
+        [ "${KEEP_CHECKPOINTS:-0}" = 1 ] || rm -rf "$dir/checkpoint"  # done runs are skipped, never resumed
         echo "done  $1 seed $2"
     else
         echo "run_imdb.sh: FAILED: $1 seed $2; last lines of $dir/log.txt:" >&2
@@ -51,11 +61,11 @@ run() {  # run <reward> <seed>
     fi
 }
 export -f run
-export OUT PRESET BETA STEPS EXTRA THREADS
+export OUT PRESET BETA STEPS GEN_LEN EXTRA THREADS PYTHON KEEP_CHECKPOINTS
 
 for seed in $(seq 0 $((SEEDS - 1))); do for r in $REWARDS; do echo "$r $seed"; done; done |
     xargs -P "$JOBS" -L 1 bash -c 'run "$0" "$1"' ||
     { echo "run_imdb.sh: some runs failed (see above); finished runs are kept, run again to resume" >&2; exit 1; }
 
-python plot.py "$OUT" --order $REWARDS
+"$PYTHON" plot.py "$OUT" --order $REWARDS
 echo "run_imdb.sh: finished in $(( $(date +%s) - start )) s; see $OUT/results.md, $OUT/reward.png, $OUT/kl.png"

@@ -2,11 +2,22 @@
 import json
 import os
 import subprocess
+import sys
 
 from conftest import ROOT
 
 import mini
 import reward
+
+
+def script_env(tmp_path, **settings):
+    """The script's settings, with PYTHON the interpreter running the tests; a `python` on PATH
+    that fails catches any call that ignores PYTHON."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text("#!/bin/sh\necho 'not the PYTHON interpreter' >&2\nexit 3\n")
+    (bin_dir / "python").chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable, **settings)
 
 
 def test_run_imdb_mini_one_seed_three_steps(tmp_path):
@@ -16,18 +27,20 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     mini_dir = str(tmp_path / "mini")
     mini.build(str(data), mini_dir, lm_steps=30, rm_steps=30, size=dict(n_layer=2, n_embd=32, n_head=2, n_positions=64))
     out = tmp_path / "out"
-    env = dict(os.environ, PRESET="mini", SEEDS="1", STEPS="3", OUT=str(out), EXTRA=f"--mini_dir {mini_dir}")
-    run = lambda: subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
-    r = run()
+    env = script_env(tmp_path, PRESET="mini", SEEDS="1", STEPS="3", OUT=str(out), GEN_LEN="3 4",
+                     EXTRA=f"--mini_dir {mini_dir}")
+    run = lambda env: subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
+    r = run(env)
     assert r.returncode == 0, r.stderr[-2000:]
     schemes = list(reward.REWARDS)
     assert schemes == ["sparse", "uniform", "abc", "red", "abcd"]  # the reproduction runs every scheme
     step0 = set()
     for s in schemes:
         run_dir = out / s / "seed0"
-        assert (run_dir / "done").exists() and (run_dir / "checkpoint" / "trainer_state.pt").exists()
+        assert (run_dir / "done").exists() and not (run_dir / "checkpoint").exists()  # done: its checkpoint goes
         rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
         assert [x["step"] for x in rows] == [0, 1, 2]
+        assert all(1 <= x["completion_len"] <= 4 for x in rows)  # GEN_LEN="3 4", not the default 8-15
         step0.add((rows[0]["reward_mean"], rows[0]["kl"], rows[0]["completion_len"]))
     assert len(step0) == 1  # shared seeds: step 0 is identical for every scheme
     for f in ("reward.png", "kl.png"):
@@ -35,12 +48,16 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     table = (out / "results.md").read_text()
     assert all(f"| {s} | 1 |" in table for s in schemes)
     # A second start finds every run finished and only remakes the report.
-    again = run()
+    again = run(env)
     assert again.returncode == 0 and again.stdout.count("(done)") == len(schemes)
+    # KEEP_CHECKPOINTS=1 keeps a finished run's checkpoint.
+    (out / "abc" / "seed0" / "done").unlink()
+    kept = run(dict(env, KEEP_CHECKPOINTS="1", REWARDS="abc"))
+    assert kept.returncode == 0 and (out / "abc" / "seed0" / "checkpoint" / "trainer_state.pt").exists()
 
 
 def test_run_imdb_fails_loudly(tmp_path):
-    env = dict(os.environ, PRESET="mini", SEEDS="1", STEPS="2", OUT=str(tmp_path), REWARDS="abc",
-               EXTRA=f"--mini_dir {tmp_path / 'mini'} --batch_size 3 --mini_batch_size 2")
+    env = script_env(tmp_path, PRESET="mini", SEEDS="1", STEPS="2", OUT=str(tmp_path), REWARDS="abc",
+                     EXTRA=f"--mini_dir {tmp_path / 'mini'} --batch_size 3 --mini_batch_size 2")
     r = subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "must be a multiple of --mini_batch_size" in r.stderr
