@@ -36,9 +36,10 @@ from reward import REWARDS
 #    data and a few settings come from a preset unless given.
 # ---------------------------------------------------------------------------------------
 PRESETS = {
-    # The paper's models and data, from the Hugging Face hub.
+    # The paper's models and data, from the Hugging Face hub. Its lengths were TRL's
+    # LengthSampler(2, 8) and (8, 16), which exclude the upper end: prompts 2-7, completions 8-15.
     "paper": dict(policy="lvwerra/gpt2-imdb", reward_model="XanderJC/gpt2-rm-imdb", dataset="stanfordnlp/imdb",
-                  min_chars=200, prompt_len=[2, 8], steps=150, lr=1.41e-5, score_eos=0),
+                  min_chars=200, prompt_len=[2, 7], steps=150, lr=1.41e-5, score_eos=0),
     # A small GPT-2 policy and RM built offline by mini.py; prompts are held-out reviews.
     # The tiny model learns at a larger learning rate than GPT-2 124M.
     # score_eos: whether the RM reads a completion's final EOS. The paper's RM was trained on
@@ -61,7 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--score_eos", type=int, choices=[0, 1], help="1: the RM reads a final EOS; 0: it scores before it")
     p.add_argument("--min_chars", type=int, help="keep texts longer than this many characters")
     p.add_argument("--prompt_len", type=int, nargs="+", metavar="N", help="prompt = first MIN [MAX] tokens")
-    p.add_argument("--gen_len", type=int, nargs=2, default=[8, 16], metavar=("MIN", "MAX"), help="completion length drawn from MIN..MAX")
+    p.add_argument("--gen_len", type=int, nargs=2, default=[8, 15], metavar=("MIN", "MAX"),
+                   help="completion length drawn from MIN..MAX, both included")
     p.add_argument("--steps", type=int, help="PPO steps (one batch of rollouts each)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--mini_batch_size", type=int, default=1, help="the paper's value; see README")
@@ -102,11 +104,19 @@ def parse_args(argv=None):
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     if not 0 <= args.log_samples <= args.batch_size:
         fail(f"--log_samples must be in [0, --batch_size {args.batch_size}], got {args.log_samples}")
+    forced_paper = args.preset == "paper"
     if args.preset == "auto":
         args.preset = choose_preset(args)
     for k, v in PRESETS[args.preset].items():
         if getattr(args, k) is None:
             setattr(args, k, v.format(mini_dir=args.mini_dir) if isinstance(v, str) else v)
+    if forced_paper:
+        # Without this check an unreachable hub costs about 48 s of retries before the error.
+        used = [k for k in ("policy", "reward_model", "dataset") if getattr(args, k) == PRESETS["paper"][k]]
+        if used and not hub_reachable() and not paper_cached(used):
+            fail(f"--preset paper: the Hugging Face hub is unreachable and not all of "
+                 f"{', '.join(PRESETS['paper'][k] for k in used)} are in the local cache; run once with the hub, "
+                 "pass local --policy, --reward_model and --dataset, or use --preset mini")
     return args
 
 
@@ -115,24 +125,36 @@ def choose_preset(args):
     cached; otherwise mini, said in one line."""
     if args.policy and args.reward_model and args.dataset:
         return "paper"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes"):
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=3).close()
-            return "paper"
-        except OSError:
-            os.environ["HF_HUB_OFFLINE"] = "1"  # use the cache without minutes of retries
-    from huggingface_hub import try_to_load_from_cache
-
-    paper = PRESETS["paper"]
-    cached = [try_to_load_from_cache(paper["policy"], "config.json"),
-              try_to_load_from_cache(paper["reward_model"], "config.json"),
-              try_to_load_from_cache(paper["dataset"], "README.md", repo_type="dataset")]
-    if all(isinstance(c, str) for c in cached):
+    if hub_reachable() or paper_cached(["policy", "reward_model", "dataset"]):
         return "paper"
     print("abc_ppo.py: the Hugging Face hub is unreachable and the paper's models are not cached, so this run "
           "uses the offline 'mini' preset; for the paper's, run once with the hub or pass --preset paper.",
           file=sys.stderr)
     return "mini"
+
+
+def hub_reachable():
+    """One 3 s connection to the hub, skipped when HF_HUB_OFFLINE is set. If it fails, set
+    HF_HUB_OFFLINE=1 (before huggingface_hub is imported), so that loading uses the cache
+    without minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return False
+
+
+def paper_cached(keys):
+    """Whether the paper preset's models and data named by keys ("policy", "reward_model",
+    "dataset") are in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    paper = PRESETS["paper"]
+    return all(isinstance(try_to_load_from_cache(paper[k], "README.md", repo_type="dataset") if k == "dataset"
+                          else try_to_load_from_cache(paper[k], "config.json"), str) for k in keys)
 
 
 def fail(msg):
@@ -205,13 +227,16 @@ def load_models(args, device):
     # the first update from noise alone, and old and new log-probs would not be comparable.
     # ABC-D reads the policy's own attention, which only eager attention returns.
     eager = dict(attn_implementation="eager") if args.reward == "abcd" or args.explain else {}
-    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager).to(device).eval()
+    # float32 weights whatever the checkpoint holds: a bfloat16 checkpoint would otherwise meet
+    # the float32 value head and heads in `forward` (--bf16 is autocast, not bfloat16 weights).
+    f32 = dict(dtype=torch.float32)
+    policy = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager, **f32).to(device).eval()
     # Same attention kernel as the policy, so that at step 0 log p - log p_ref is exactly 0.
-    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager).to(device).eval()
+    ref = load("policy", AutoModelForCausalLM.from_pretrained, args.policy, **eager, **f32).to(device).eval()
     ref.requires_grad_(False)
     # Eager attention: SDPA in transformers 5 returns no attention weights, and ABC needs them.
     rm = load("reward model", AutoModelForSequenceClassification.from_pretrained, args.reward_model,
-              attn_implementation="eager").to(device).eval()
+              attn_implementation="eager", **f32).to(device).eval()
     rm.requires_grad_(False)
     if rm.config.num_labels > 2:
         fail(f"--reward_model '{args.reward_model}' has {rm.config.num_labels} labels; 1 or 2 are supported")
@@ -223,12 +248,24 @@ def load_models(args, device):
     if rm_tok.get_vocab() == tok.get_vocab() and is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
 
-    # Value head: V(s_t) = w . h_t + b on the policy's last hidden state, initialised small so
-    # that early value errors do not swamp the policy gradient through the shared trunk.
+    # Value head: V(s_t) = w . h_t + b on the policy's last hidden state, with nn.Linear's
+    # default initialisation, as TRL's value head has.
     value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(device)
-    torch.nn.init.normal_(value_head.weight, std=0.01)
-    torch.nn.init.zeros_(value_head.bias)
     return tok, policy, ref, rm, rm_tok, value_head
+
+
+def check_context(args, policy, rm, rm_tok):
+    """The longest prompt plus the longest completion, prompt_len MAX + gen_len MAX tokens, must
+    fit the policy's and the RM's position embeddings; past them GPT-2 fails mid-run with an
+    IndexError. An RM with its own tokenizer re-tokenises the text into a count we cannot know
+    before sampling; we check the same count plus its special tokens."""
+    need = args.prompt_len[1] + args.gen_len[1]
+    rm_need = need if rm_tok is None else need + rm_tok.num_special_tokens_to_add()
+    for what, model, n in (("policy", policy, need), ("reward model", rm, rm_need)):
+        limit = getattr(model.config, "max_position_embeddings", None)  # GPT-2 maps it to n_positions
+        if limit is not None and n > limit:
+            fail(f"--prompt_len MAX {args.prompt_len[1]} + --gen_len MAX {args.gen_len[1]} needs {n} positions, "
+                 f"but the {what} has {limit}; pass a smaller --gen_len or --prompt_len")
 
 
 def is_decoder(rm):
@@ -489,8 +526,10 @@ def load_checkpoint(out_dir, policy, value_head, opt, kl_ctl, gen, device):
 
     path = os.path.join(out_dir, "checkpoint")
     try:
-        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
-        policy.load_state_dict(AutoModelForCausalLM.from_pretrained(path).state_dict())
+        # weights_only: a checkpoint is data, never code to run; tensors, numbers, tuples and
+        # dicts are all it holds (random.getstate() is a tuple of ints).
+        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=True)
+        policy.load_state_dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict())
     except Exception as e:
         fail(f"--resume: no usable checkpoint in {path} ({first_line(e)})")
     value_head.load_state_dict(state["value_head"])
@@ -505,9 +544,21 @@ def load_checkpoint(out_dir, policy, value_head, opt, kl_ctl, gen, device):
 
 
 def drop_steps_from(path, start):
-    """Keep only the JSON lines of steps before `start`."""
+    """Keep only the JSON lines of steps before `start`. A hard kill can leave the last line
+    half-written; it belongs to a step after the checkpoint (saved only once its lines are
+    flushed), so it goes too."""
     with open(path) as f:
-        keep = [line for line in f if json.loads(line)["step"] < start]
+        lines = f.readlines()
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                break
+            fail(f"--resume: {path}, line {i + 1}, is not a JSON line with a step; remove it or the file")
+        if step < start:
+            keep.append(line if line.endswith("\n") else line + "\n")
     with open(path, "w") as f:
         f.writelines(keep)
 
@@ -593,6 +644,11 @@ td:last-child{{font-family:monospace;font-size:15px}} .prompt{{color:#888}} span
 # ---------------------------------------------------------------------------------------
 # 11. Training loop.
 # ---------------------------------------------------------------------------------------
+def bf16_autocast(device, enabled):
+    """--bf16: bfloat16 autocast for the policy's passes; weights and Adam stay float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -601,7 +657,7 @@ def main(argv=None):
         fail("--device cuda, but no CUDA device is available")
     if args.bf16 and device.type != "cuda":
         fail("--bf16 needs a CUDA device; CPU runs stay float32")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16)
+    autocast = bf16_autocast(device, args.bf16)
     if args.preset == "mini":
         try:
             mini.ensure(args.mini_dir)  # built once (about a minute), then reused
@@ -627,6 +683,7 @@ def main(argv=None):
 
     texts = load_texts(args.dataset, args.min_chars)
     tok, policy, ref, rm, rm_tok, value_head = load_models(args, device)
+    check_context(args, policy, rm, rm_tok)
     # Fused Adam: one kernel over all parameters; for GPT-2 124M on a CPU its step is ~5x faster.
     opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
     kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
@@ -653,10 +710,13 @@ def main(argv=None):
         t1 = time.perf_counter()
 
         # --- Scoring: RM score and attention, old and reference log-probs ---------------
-        with torch.no_grad(), autocast:
+        with torch.no_grad():
             # One RM pass: score [B], its attention over the completion [B, G], prefix scores [B, G+1].
+            # Outside autocast: the RM scores in float32, as the paper's authors did, so --bf16
+            # rounds neither the score nor the attention that becomes the reward.
             rm_score, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, mask,
                                                                   args.score_eos)
+        with torch.no_grad(), autocast:
             old_logp, old_values, _, policy_attention = forward(policy, value_head, seq, attn_mask, P,
                                                                 attention=args.reward == "abcd")  # [B, G]
             ref_logp = forward(ref, None, seq, attn_mask, P)[0]

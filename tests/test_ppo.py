@@ -168,7 +168,7 @@ def test_few_steps_write_well_formed_metrics(tiny, tmp_path, scheme):
     assert rows[0]["kl"] == 0  # policy and reference are the same model, computed the same way
     for r in rows:
         assert set(r) == KEYS and all(math.isfinite(v) for v in r.values())
-        assert 1 <= r["completion_len"] <= 16 and r["reward_std"] >= 0 and r["entropy"] > 0
+        assert 1 <= r["completion_len"] <= 15 and r["reward_std"] >= 0 and r["entropy"] > 0
     assert os.path.exists(tmp_path / "checkpoint" / "trainer_state.pt")
 
 
@@ -186,6 +186,55 @@ def test_same_seed_repeats_and_resume_continues_exactly(tiny, tmp_path):
         f.write(json.dumps(dict(read_metrics(c)[-1], step=2)) + "\n")
     abc_ppo.main(tiny_args(tiny, c, "--steps", "4", "--seed", "3", "--resume"))
     assert without_timings(read_metrics(c)) == without_timings(read_metrics(a))
+
+
+def test_resume_drops_a_half_written_last_line(tiny, tmp_path):
+    # A hard kill mid-write leaves a line without its end; --resume must drop it, not crash on it.
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "2", "--save_every", "2", "--log_samples", "2"))
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        with open(tmp_path / name, "a") as f:
+            f.write('{"step": 2, "reward_mean": 0.3')
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "3", "--log_samples", "2", "--resume"))
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
+    assert [json.loads(l)["step"] for l in open(tmp_path / "samples.jsonl")] == [0, 0, 1, 1, 2, 2]
+
+
+def test_value_head_has_nn_linear_default_init(tiny, tmp_path):
+    # nn.Linear's default (as TRL's value head): w, b ~ U(-1/sqrt(H), 1/sqrt(H)), std 1/sqrt(3H).
+    value_head = abc_ppo.load_models(abc_ppo.parse_args(tiny_args(tiny, tmp_path)), torch.device("cpu"))[-1]
+    bound = 1 / math.sqrt(value_head.in_features)
+    w, b = value_head.weight, value_head.bias
+    assert w.abs().max() <= bound and 0 < b.abs().item() <= bound
+    assert w.std() > 0.3 * bound  # N(0, 0.01) would give 0.01, against 0.1 here
+
+
+def test_bf16_checkpoints_load_as_float32(tiny, tmp_path):
+    for name, cls in (("policy", AutoModelForCausalLM), ("reward_model", AutoModelForSequenceClassification)):
+        cls.from_pretrained(tiny[name]).to(torch.bfloat16).save_pretrained(tmp_path / name)
+        AutoTokenizer.from_pretrained(tiny[name]).save_pretrained(tmp_path / name)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "policy").dtype == torch.bfloat16  # a real bf16 checkpoint
+    abc_ppo.main(tiny_args(tiny, tmp_path / "out", "--policy", str(tmp_path / "policy"),
+                           "--reward_model", str(tmp_path / "reward_model"), "--steps", "2"))
+    rows = read_metrics(tmp_path / "out")
+    assert [r["step"] for r in rows] == [0, 1] and all(math.isfinite(r["reward_mean"]) for r in rows)
+
+
+def test_bf16_autocast_leaves_the_reward_model_in_float32(tiny, tmp_path, monkeypatch):
+    # --bf16 needs CUDA; a CPU bfloat16 autocast in its place runs the same code path.
+    monkeypatch.setattr(abc_ppo, "bf16_autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen = {"rm": [], "policy": []}
+
+    def spy(key, fn):
+        def wrapped(*a, **k):
+            seen[key].append(torch.is_autocast_enabled("cpu"))
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(abc_ppo, "score_completions", spy("rm", abc_ppo.score_completions))
+    monkeypatch.setattr(abc_ppo, "forward", spy("policy", abc_ppo.forward))
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "2"))
+    assert seen["policy"] and all(seen["policy"])  # the policy's passes ran under autocast ...
+    assert seen["rm"] == [False, False]  # ... the RM's, one per step, did not
 
 
 # --- Bad input: one clear line and a non-zero exit ------------------------------------------
@@ -224,6 +273,65 @@ def test_bad_inputs(tiny, tmp_path, capsys):
     expect_error(capsys, tiny_args(tiny, blocker / "out"), "cannot write to --out_dir")
     expect_error(capsys, tiny_args(tiny, tmp_path, "--policy", str(tmp_path / "missing")), "cannot load tokenizer")
     expect_error(capsys, tiny_args(tiny, tmp_path / "fresh", "--resume"), "no usable checkpoint")
+    # Prompts up to 4 tokens + completions up to 80 > the tiny models' 64 positions: fail before training.
+    expect_error(capsys, tiny_args(tiny, tmp_path / "long", "--gen_len", "70", "80"),
+                 "--gen_len MAX 80 needs 84 positions, but the policy has 64")
+    assert not (tmp_path / "long" / "checkpoint").exists()
+
+
+def test_lengths_are_trls_length_sampler_ranges(tiny):
+    # TRL's LengthSampler(a, b) excludes b: the paper's prompts are 2-7 tokens, completions 8-15.
+    args = abc_ppo.parse_args(["--preset", "paper", "--policy", tiny["policy"], "--reward_model", tiny["reward_model"],
+                               "--dataset", tiny["data"]])  # all named: no hub needed
+    assert (args.prompt_len, args.gen_len) == ([2, 7], [8, 15])
+    assert abc_ppo.parse_args(["--preset", "mini"]).prompt_len == [2, 5]
+
+
+def fake_hub_cache(root, names):
+    """The layout huggingface_hub's cache gives a downloaded repo: refs/main -> snapshots/<sha>/file."""
+    for name, kind, file in names:
+        repo = root / f"{kind}s--{name.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text("abc123")
+        (repo / "snapshots" / "abc123").mkdir(parents=True)
+        (repo / "snapshots" / "abc123" / file).write_text("{}")
+
+
+def test_forced_paper_preset_probes_the_hub_once_then_uses_the_cache(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    paper = abc_ppo.PRESETS["paper"]
+    fake_hub_cache(tmp_path, [(paper["policy"], "model", "config.json"), (paper["reward_model"], "model", "config.json")])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def no_hub(*a, **k):
+        calls.append(a)
+        raise OSError("unreachable")
+
+    monkeypatch.setattr(abc_ppo.socket, "create_connection", no_hub)
+    # The dataset is not cached: one line at once, and no probe when HF_HUB_OFFLINE is set.
+    expect_error(capsys, ["--preset", "paper"], "hub is unreachable and not all of lvwerra/gpt2-imdb, "
+                 "XanderJC/gpt2-rm-imdb, stanfordnlp/imdb are in the local cache")
+    assert len(calls) == 1 and os.environ["HF_HUB_OFFLINE"] == "1"
+    expect_error(capsys, ["--preset", "paper"], "hub is unreachable")
+    assert len(calls) == 1
+    # With all three cached, the run goes on offline from the cache.
+    fake_hub_cache(tmp_path, [(paper["dataset"], "dataset", "README.md")])
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    args = abc_ppo.parse_args(["--preset", "paper"])
+    assert args.preset == "paper" and args.policy == paper["policy"] and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert len(calls) == 2
+
+
+def test_cli_forced_paper_preset_without_hub_fails_at_once(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty"))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "abc_ppo.py"), "--preset", "paper",
+                        "--out_dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "hub is unreachable" in r.stderr and "--preset mini" in r.stderr
+    assert not (tmp_path / "out").exists()  # it stopped while reading the flags, before any loading
 
 
 # --- Seeing the credit ---------------------------------------------------------------------
