@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import mini
+from credit import faithfulness_report
 from reward import REWARDS
 
 
@@ -86,6 +87,8 @@ def parse_args(argv=None):
     p.add_argument("--log_samples", type=int, default=0, metavar="N",
                    help="write N completions per step with their per-token credit to samples.jsonl, and credit.html")
     p.add_argument("--explain", metavar="TEXT", help="print the credit each scheme gives each token of TEXT, then exit")
+    p.add_argument("--faithfulness", type=int, metavar="N",
+                   help="print how well each scheme's credit matches the RM's own occlusion effect on N texts, then exit")
     # One clear line and exit code 2 for bad flags, instead of usage text.
     p.error = lambda msg: fail(msg)
     args = p.parse_args(argv)
@@ -104,6 +107,8 @@ def parse_args(argv=None):
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     if not 0 <= args.log_samples <= args.batch_size:
         fail(f"--log_samples must be in [0, --batch_size {args.batch_size}], got {args.log_samples}")
+    if args.faithfulness is not None and args.faithfulness < 1:
+        fail(f"--faithfulness takes a number of texts >= 1, got {args.faithfulness}")
     forced_paper = args.preset == "paper"
     if args.preset == "auto":
         args.preset = choose_preset(args)
@@ -226,7 +231,7 @@ def load_models(args, device):
     # Dropout stays off (eval mode) throughout: with it, the PPO ratio would differ from 1 on
     # the first update from noise alone, and old and new log-probs would not be comparable.
     # ABC-D reads the policy's own attention, which only eager attention returns.
-    eager = dict(attn_implementation="eager") if args.reward == "abcd" or args.explain else {}
+    eager = dict(attn_implementation="eager") if args.reward == "abcd" or args.explain or args.faithfulness else {}
     # float32 weights whatever the checkpoint holds: a bfloat16 checkpoint would otherwise meet
     # the float32 value head and heads in `forward` (--bf16 is autocast, not bfloat16 weights).
     f32 = dict(dtype=torch.float32)
@@ -666,6 +671,9 @@ def main(argv=None):
     if args.explain:
         tok, policy, _, rm, rm_tok, _ = load_models(args, device)
         return explain(args, tok, policy, rm, rm_tok, device)
+    if args.faithfulness:
+        tok, policy, _, rm, rm_tok, _ = load_models(args, device)
+        return faithfulness_report(args, load_texts(args.dataset, args.min_chars), tok, policy, rm, rm_tok)
 
     # Fail on an unwritable output folder before spending minutes on loading.
     try:

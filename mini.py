@@ -3,13 +3,17 @@
     python mini.py                       # build from data/reviews.jsonl into ~/.cache/abc-ppo/mini
     python mini.py --data my.jsonl --mini_dir DIR   # any labelled .jsonl/.csv with text and label
 
-It trains, on 2 CPU cores in about a minute:
+It trains, on 2 CPU cores in about two minutes:
   1. a byte-level BPE tokenizer on the review texts;
-  2. a tiny GPT2LMHeadModel, pretrained as a language model on the reviews (the policy);
-  3. a tiny GPT2ForSequenceClassification with two labels, initialised from that language model
-     and fine-tuned on the labels (the reward model, score = logit[1] - logit[0] as in the paper).
+  2. a tiny GPT2LMHeadModel, pretrained as a language model on paragraphs of 4-12 same-label
+     reviews (the policy), so it can write completions of 40-60 tokens;
+  3. a GPT2ForSequenceClassification with two labels and one block, initialised from a second
+     language model of the same size pretrained on single reviews, and fine-tuned on the labels of
+     paragraphs of 1-4 reviews (the reward model, score = logit[1] - logit[0] as in the paper).
+     One block, because in this small model only then does the last layer's attention point at the
+     tokens that earned the score, the premise ABC rests on (measured in the manifest).
 All three are ordinary Hugging Face checkpoints, loaded by abc_ppo.py with from_pretrained.
-This is a small model trained on ~600 project-written reviews, not GPT-2 124M on IMDb.
+This is a small model trained on ~2600 project-written reviews, not GPT-2 124M on IMDb.
 """
 import argparse
 import csv
@@ -29,7 +33,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "data", "reviews.jsonl")
 MINI_DIR = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
 EOS = "<|endoftext|>"
-SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=64)  # ~1.3M parameters with a 4096 vocab
+SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=128)  # ~1.3M parameters with a 4096 vocab
+# An LM training text joins 4..12 same-label reviews, cut at n_positions as a long IMDb review would be,
+# so the policy seldom ends a text early and writes on for the 40-60 token completions of the length study.
+LM_REVIEWS = (4, 12)
+# The reward model: one block, started from an LM of the same size pretrained on single reviews (not
+# the policy), then trained on paragraphs of 1..4 reviews. Chosen among candidates by held-out accuracy
+# and credit faithfulness alone, before any PPO run (README: "Choosing the reward model").
+RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 4), 1200, 5e-4
+# Bumped whenever build() changes what it makes, so that a cache from an older recipe is rebuilt.
+RECIPE = 2
 
 
 def read_reviews(path):
@@ -87,15 +100,28 @@ def fit(model, loss_fn, steps, lr, desc):
     return model.eval()
 
 
-def pretrain_lm(lm, tok, texts, steps=400, bs=32, lr=2e-3, seed=0):
-    """Next-token cross-entropy on review + EOS, so the policy learns to end reviews too."""
-    gen = torch.Generator().manual_seed(seed)
-    texts = [t + EOS for t in texts]
+def paragraphs(texts, labels, rng, n_reviews, reviews=32):
+    """A batch of (text, label) paragraphs, each n same-label reviews joined, with n drawn from
+    n_reviews = (lo, hi) once per batch and `reviews` // n paragraphs, so that every batch holds about
+    the same number of tokens with little padding. A review runs only 11-18 tokens; paragraphs let
+    the policy write, and the reward model read, completions of 40-60 tokens."""
+    by_label = {l: [t for t, m in zip(texts, labels) if m == l] for l in sorted(set(labels))}
+    n = rng.randint(*n_reviews)
+    out = []
+    for _ in range(max(1, reviews // n)):
+        l = rng.choice(labels)
+        out.append((" ".join(rng.choice(by_label[l]) for _ in range(n)), l))
+    return out
+
+
+def pretrain_lm(lm, tok, texts, labels=None, steps=400, bs=32, lr=2e-3, seed=0, n_reviews=LM_REVIEWS):
+    """Next-token cross-entropy on paragraph + EOS (bs reviews a batch), so the policy learns to end a text too."""
+    rng = random.Random(seed)
+    labels = labels or [0] * len(texts)
 
     def loss():
-        idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
-        enc = tok([texts[i] for i in idx], padding=True, truncation=True, max_length=lm.config.n_positions,
-                  return_tensors="pt")
+        batch = [t + EOS for t, _ in paragraphs(texts, labels, rng, n_reviews, bs)]
+        enc = tok(batch, padding=True, truncation=True, max_length=lm.config.n_positions, return_tensors="pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         return lm(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
 
@@ -118,19 +144,20 @@ def rm_logits(rm, ids, mask):
     return rm.score(h[torch.arange(len(ids)), last])
 
 
-def train_rm(rm, tok, texts, labels, steps=300, bs=32, lr=1e-3, seed=0, prefix_share=0.2):
-    """Cross-entropy on the labels. A share of the examples is cut to a random prefix (the rest end
-    in EOS), because the policy's completions are scored after 8-16 tokens, often mid-sentence."""
-    gen = torch.Generator().manual_seed(seed)
+def train_rm(rm, tok, texts, labels, steps=RM_STEPS, bs=32, lr=RM_LR, seed=0, prefix_share=0.2,
+             n_reviews=RM_REVIEWS):
+    """Cross-entropy on the labels of paragraphs. A share of the examples is cut to a random prefix
+    (the rest end in EOS), because the policy's completions are scored after 8-15 tokens, often
+    mid-sentence."""
     rng = random.Random(seed)
-    ids_all = [tok(t)["input_ids"] for t in texts]
 
     def loss():
-        idx = torch.randint(len(texts), (bs,), generator=gen).tolist()
-        rows = [ids_all[i][:rng.randint(min(4, len(ids_all[i])), len(ids_all[i]))] if rng.random() < prefix_share
-                else ids_all[i] + [tok.eos_token_id] for i in idx]
+        batch = paragraphs(texts, labels, rng, n_reviews, bs)
+        rows = [tok(t)["input_ids"] for t, _ in batch]
+        rows = [r[:rng.randint(min(4, len(r)), len(r))] if rng.random() < prefix_share else r + [tok.eos_token_id]
+                for r in rows]
         return F.cross_entropy(rm_logits(rm, *right_pad(rows, tok, rm.config.n_positions)),
-                               torch.tensor([labels[i] for i in idx]))
+                               torch.tensor([l for _, l in batch]))
 
     return fit(rm, loss, steps, lr, "reward model")
 
@@ -143,11 +170,27 @@ def accuracy(rm, tok, texts, labels):
     return ((logits[:, 1] > logits[:, 0]).long() == torch.tensor(labels)).float().mean().item()
 
 
-def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300, size=SIZE):
-    """Train tokenizer, policy and reward model on `data`; write them and manifest.json to `out`."""
+def reward_model(lm, tok, n_layer=RM_LAYERS):
+    """A two-label GPT2ForSequenceClassification holding the LM's embeddings and first n_layer blocks,
+    as the paper's RM starts from GPT-2."""
+    from transformers import GPT2ForSequenceClassification
+
+    c = lm.config
+    rm = GPT2ForSequenceClassification(gpt2_config(tok, num_labels=2, n_layer=n_layer, n_embd=c.n_embd, n_head=c.n_head,
+                                                   n_positions=c.n_positions))
+    own = rm.transformer.state_dict()
+    rm.transformer.load_state_dict({k: v for k, v in lm.transformer.state_dict().items() if k in own})
+    return rm
+
+
+def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, size=SIZE, rm_layers=RM_LAYERS):
+    """Train tokenizer, policy and reward model on `data`; measure the RM's held-out accuracy and
+    credit faithfulness; write models, prompts and manifest.json to `out`."""
     import tokenizers
     import transformers
-    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
+
+    import credit
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -156,11 +199,17 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300, size=SI
     train = [(t, l) for t, l, h in zip(texts, labels, held) if not h]
     test = [(t, l) for t, l, h in zip(texts, labels, held) if h]
     tok = train_tokenizer([t for t, _ in train])
-    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, [t for t, _ in train], steps=lm_steps, seed=seed)
-    rm = GPT2ForSequenceClassification(gpt2_config(tok, num_labels=2, **size))
-    rm.transformer.load_state_dict(lm.transformer.state_dict())  # start from the LM, as the paper's RM starts from GPT-2
-    rm = train_rm(rm, tok, [t for t, _ in train], [l for _, l in train], steps=rm_steps, seed=seed)
+    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, *zip(*train), steps=lm_steps, seed=seed)
+    rm_base = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, *zip(*train), steps=lm_steps, seed=seed,
+                          n_reviews=(1, 1))
+    rm = train_rm(reward_model(rm_base, tok, rm_layers), tok, *zip(*train), steps=rm_steps, seed=seed)
     acc = accuracy(rm, tok, *zip(*test))
+    for m in (lm, rm):
+        m.set_attn_implementation("eager")  # attention weights for the faithfulness measure
+    # Prompt = the first 3 tokens (the middle of mini's 2-5), completion = up to 15 more (the longest default).
+    faith = credit.faithfulness(rm, tok, [t for t, _ in test], k=3, max_len=15, policy=lm)
+    for m in (lm, rm):
+        m.set_attn_implementation("sdpa")
 
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -169,8 +218,9 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300, size=SI
         tok.save_pretrained(os.path.join(tmp, name))
     with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
         f.writelines(json.dumps({"text": t, "label": l}) + "\n" for t, l in test)
-    manifest = dict(data=os.path.abspath(data), corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
-                    rm_heldout_accuracy=round(acc, 4), vocab_size=len(tok), size=size,
+    manifest = dict(recipe=RECIPE, data=os.path.abspath(data), corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
+                    rm_heldout_accuracy=round(acc, 4), rm_layers=rm_layers, faithfulness=faith,
+                    vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
                     transformers=transformers.__version__, tokenizers=tokenizers.__version__)
@@ -179,7 +229,8 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=300, size=SI
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # the cache appears whole or not at all
     print(f"mini: built {out} in {manifest['build_seconds']}s; reward model held-out accuracy {acc:.1%} "
-          f"on {len(test)} reviews", file=sys.stderr)
+          f"on {len(test)} reviews; last-layer attention top-1 agreement with occlusion "
+          f"{next(v for k, v in faith['schemes'].items() if k.endswith('(last)'))[1]:.2f}", file=sys.stderr)
     return manifest
 
 
@@ -202,15 +253,19 @@ def check(out):
 
 
 def ensure(out=MINI_DIR):
-    """Reuse a sound cache; rebuild a missing or corrupt one, or one whose corpus file has changed."""
+    """Reuse a sound cache; rebuild a missing or corrupt one, one made by an older recipe, or one whose
+    corpus file has changed."""
     data = CORPUS
     if os.path.exists(out):
         try:
             manifest = check(out)
             data = manifest["data"]
-            if not os.path.exists(data) or sha256(data) == manifest["corpus_sha256"]:
+            if manifest.get("recipe") != RECIPE:
+                print(f"mini: {out} was built by an older recipe of mini.py; rebuilding", file=sys.stderr)
+            elif not os.path.exists(data) or sha256(data) == manifest["corpus_sha256"]:
                 return manifest
-            print(f"mini: {data} changed since {out} was built; rebuilding", file=sys.stderr)
+            else:
+                print(f"mini: {data} changed since {out} was built; rebuilding", file=sys.stderr)
         except ValueError as e:
             print(f"mini: cache is corrupt or partial ({e}); rebuilding", file=sys.stderr)
     return build(data, out)

@@ -42,7 +42,8 @@ def read_metrics(path):
 
 
 def load_runs(out):
-    """OUT -> {scheme: [run, ...]} (one run per seed, sorted by seed), each run cut to the steps common to all seeds."""
+    """OUT -> {scheme: [run, ...]} (one run per seed, sorted by seed, its number in run["seed"]), each run cut
+    to the steps common to all seeds."""
     if not os.path.isdir(out):
         raise SystemExit(f"plot.py: {out} is not a readable directory")
     runs = {}
@@ -54,11 +55,11 @@ def load_runs(out):
     if not runs:
         raise SystemExit(f"plot.py: no metrics files found under {out}/<reward>/seed<k>/metrics.jsonl")
     for scheme, seeds in runs.items():
-        seeds = [r for _, r in sorted(seeds, key=lambda x: x[0])]
-        common = set.intersection(*(set(r["step"].tolist()) for r in seeds))
+        seeds = sorted(seeds, key=lambda x: x[0])
+        common = set.intersection(*(set(r["step"].tolist()) for _, r in seeds))
         if not common:
             raise SystemExit(f"plot.py: seeds of {scheme} share no steps")
-        runs[scheme] = [{k: v[np.isin(r["step"], list(common))] for k, v in r.items()} for r in seeds]
+        runs[scheme] = [{k: v[np.isin(r["step"], list(common))] for k, v in r.items()} | dict(seed=i) for i, r in seeds]
     return runs
 
 
@@ -72,46 +73,68 @@ def order_schemes(schemes, order=None):
 def summarise(runs, order=None, upto=100, last=10):
     """One row per scheme. With r_i(t) the reward_mean of seed i (n seeds) and rbar(t) = mean_i r_i(t):
     early = mean_i m_i  +- 2 * std_i(m_i, ddof=1) / sqrt(n),  m_i = mean of r_i(t) over steps t <= upto (0 if n = 1)
+    vs_sparse = mean_i d_i +- 2 * std_i(d_i, ddof=1) / sqrt(n'),  d_i = m_i - m_i(sparse), over the n' seeds both
+                ran (paired by seed, so a seed's shared prompts cancel); wins = #{i : d_i > 0}
     final = mean_i (mean of r_i over its last `last` steps);   final_kl: the same for kl
+    completion_len = mean_{i,t} completion_len_i(t), the completion tokens actually sampled
     first_best = min{t : rbar(t) > max_{t' <= upto} rbar_sparse(t')}, as the paper reads its Figure 3
                  ("never" if none, None if there is no sparse scheme)
     kl_neg = #{i : min_t kl_i(t) < 0};   sec_per_step = mean_{i,t} (time_generate + time_score + time_optimize)"""
-    best = None
+    def early_by_seed(scheme):
+        return {r["seed"]: r["reward_mean"][r["step"] <= upto].mean() for r in runs[scheme]}
+
+    best, sparse_early = None, None
     if "sparse" in runs:
         sparse = runs["sparse"]
         best = np.mean([r["reward_mean"] for r in sparse], 0)[sparse[0]["step"] <= upto].max()
+        sparse_early = early_by_seed("sparse")
     rows = []
     for scheme in order_schemes(runs, order):
         seeds = runs[scheme]
         n, steps = len(seeds), seeds[0]["step"]
-        early = np.array([r["reward_mean"][steps <= upto].mean() for r in seeds])
+        by_seed = early_by_seed(scheme)
+        early = np.array(list(by_seed.values()))
         rbar = np.mean([r["reward_mean"] for r in seeds], 0)
         hit = np.nonzero(rbar > best)[0] if best is not None else None
+        d = np.array([m - sparse_early[i] for i, m in by_seed.items() if i in sparse_early]) \
+            if sparse_early is not None and scheme != "sparse" else np.array([])
         rows.append(dict(
             scheme=scheme, seeds=n, early_upto=int(steps[steps <= upto].max()),
-            early_mean=early.mean(), early_2se=2 * early.std(ddof=1) / math.sqrt(n) if n > 1 else 0.0,
+            early_mean=early.mean(), early_2se=mean_2se(early)[1],
+            vs_sparse=(*mean_2se(d), int((d > 0).sum()), len(d)) if len(d) else None,
             final=np.mean([r["reward_mean"][-last:].mean() for r in seeds]),
             final_kl=np.mean([r["kl"][-last:].mean() for r in seeds]),
             first_best=None if hit is None else (int(steps[hit[0]]) if len(hit) else "never"),
             kl_neg=sum(int((r["kl"] < 0).any()) for r in seeds),
+            completion_len=np.mean([r["completion_len"] for r in seeds]),
             sec_per_step=np.mean([r["time_generate"] + r["time_score"] + r["time_optimize"] for r in seeds])))
     return rows
+
+
+def mean_2se(x):
+    """Mean and 2 standard errors (ddof=1; 0 for a single value)."""
+    return x.mean(), 2 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
 
 
 def write_table(rows, path, n_files=None):
     """rows (from summarise) -> markdown table at path."""
     hi = max(r["early_upto"] for r in rows)
-    lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | final reward | final KL | first step > best sparse "
-             "| seeds with KL < 0 | s/step |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | minus sparse, paired ± 2 s.e. (seeds ahead) "
+             "| final reward | final KL | first step > best sparse | seeds with KL < 0 | completion tokens | s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" (steps 0-{r['early_upto']})" if r["early_upto"] != hi else ""
         fb = "-" if r["first_best"] is None else r["first_best"]
-        lines.append(f"| {r['scheme']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} "
-                     f"| {r['final']:.2f} | {r['final_kl']:.2f} | {fb} | {r['kl_neg']} | {r['sec_per_step']:.2f} |")
+        vs = "-" if r["vs_sparse"] is None else "{:+.2f} ± {:.2f} ({}/{})".format(*r["vs_sparse"])
+        lines.append(f"| {r['scheme']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} | {vs} "
+                     f"| {r['final']:.2f} | {r['final_kl']:.2f} | {fb} | {r['kl_neg']} | {r['completion_len']:.1f} "
+                     f"| {r['sec_per_step']:.2f} |")
     lines += ["", f"Columns: reward = reward_mean per step; mean over steps 0-{hi} per seed, then mean ± 2 s.e. over seeds; "
+              "minus sparse: the same per-seed mean minus sparse's for the same seed, mean ± 2 s.e. over the seeds both ran, "
+              "and on how many of them the scheme is ahead; "
               "final = mean of the last 10 steps, averaged over seeds (reward, and KL); first step at which the seed-mean reward exceeds "
               f"the best seed-mean sparse reward of steps 0-{hi}; seeds whose KL went negative at any step; "
-              "generate+score+optimize seconds per step.", ""]
+              "completion tokens actually sampled, mean over seeds and steps; generate+score+optimize seconds per step.", ""]
     if n_files is not None:
         lines.append(f"Read {n_files} runs (metrics.jsonl files).")
     with open(path, "w") as f:

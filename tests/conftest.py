@@ -41,10 +41,11 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
     texts, labels = synthetic_texts(800)
-    tok = mini.train_tokenizer(texts, vocab_size=300)
-    lm = mini.pretrain_lm(GPT2LMHeadModel(mini.gpt2_config(tok, **TINY)), tok, texts, steps=150, lr=3e-3)
+    tok = mini.train_tokenizer(texts, vocab_size=512)  # enough merges for every word to be one token
+    # n_reviews=(1, 1): the test world is single texts, not mini's paragraphs.
+    lm = mini.pretrain_lm(GPT2LMHeadModel(mini.gpt2_config(tok, **TINY)), tok, texts, steps=150, lr=3e-3, n_reviews=(1, 1))
     rm = GPT2ForSequenceClassification(mini.gpt2_config(tok, num_labels=2, **TINY))
-    rm = mini.train_rm(rm, tok, texts, labels, steps=150, lr=3e-3)
+    rm = mini.train_rm(rm, tok, texts, labels, steps=150, lr=3e-3, n_reviews=(1, 1))
     paths = dict(policy=root / "policy", reward_model=root / "reward_model", data=root / "prompts.jsonl")
     for name, model in (("policy", lm), ("reward_model", rm)):
         model.save_pretrained(paths[name])

@@ -80,6 +80,20 @@ def test_truncated_checkpoint_is_detected_and_rebuilt(mini_dir, tmp_path, monkey
     mini.check(broken)  # sound again
 
 
+def test_cache_of_an_older_recipe_is_rebuilt(mini_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    old = str(tmp_path / "mini")
+    shutil.copytree(mini_dir, old)
+    path = os.path.join(old, "manifest.json")
+    manifest = json.load(open(path))
+    json.dump(dict(manifest, recipe=mini.RECIPE - 1), open(path, "w"))
+    built = []
+    monkeypatch.setattr(mini, "build", lambda data, out: built.append((data, out)))
+    mini.ensure(old)
+    assert built == [(manifest["data"], old)] and "older recipe" in capsys.readouterr().err
+
+
 def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
     abc_ppo.main(["--preset", "mini", "--mini_dir", mini_dir, "--out_dir", str(tmp_path), "--steps", "60", "--lr", "3e-4",
                   "--seed", "0"])

@@ -51,9 +51,9 @@ def check_outputs(out):
     md = (out / "results.md").read_text()
     assert "mean reward, steps 0-3 ± 2 s.e." in md
     assert "first step > best sparse" in md and "exceeds the best seed-mean sparse reward of steps 0-3" in md
-    assert "| sparse | 2 | 3.00 ± 2.00 | 3.00 | 0.10 | never | 0 | 2.00 |" in md
+    assert "| sparse | 2 | 3.00 ± 2.00 | - | 3.00 | 0.10 | never | 0 | 10.0 | 2.00 |" in md
     # abc final KL: seeds 0 and 1 at 0.1, seed 2 mean(0.1, 0, -0.2, 0.3) = 0.05 -> 0.25 / 3 = 0.08
-    assert "| abc | 3 | 4.50 ± 1.00 | 4.50 | 0.08 | 2 | 1 | 1.50 |" in md
+    assert "| abc | 3 | 4.50 ± 1.00 | +2.00 ± 2.00 (2/2) | 4.50 | 0.08 | 2 | 1 | 10.0 | 1.50 |" in md
     assert md.index("| sparse |") < md.index("| abc |")  # default order: sparse, uniform, abc, ...
     assert "Read 5 runs" in md
 
@@ -73,6 +73,8 @@ def test_summarise_numbers(out):
     assert (s["first_best"], a["first_best"]) == ("never", 2)
     assert (s["kl_neg"], a["kl_neg"]) == (0, 1)
     assert (s["sec_per_step"], a["sec_per_step"]) == pytest.approx((2.0, 1.5))
+    # abc - sparse, paired on the seeds both ran (0 and 1): 5 - 2 = 3, 5 - 4 = 1 -> 2 ± 2*sqrt(2)/sqrt(2), ahead on 2 of 2
+    assert s["vs_sparse"] is None and a["vs_sparse"] == pytest.approx((2.0, 2.0, 2, 2))
     assert s["early_upto"] == a["early_upto"] == 3
 
 
@@ -90,7 +92,7 @@ def test_no_sparse_and_one_seed(tmp_path):
     write(tmp_path, "abc", 0, [line(t, r) for t, r in enumerate([1, 2])])
     (r,) = plot.main([str(tmp_path)])
     assert r["first_best"] is None and r["early_2se"] == 0.0 and r["early_mean"] == pytest.approx(1.5)
-    assert "| abc | 1 | 1.50 ± 0.00 | 1.50 | 0.10 | - | 0 | 2.00 |" in (tmp_path / "results.md").read_text()
+    assert "| abc | 1 | 1.50 ± 0.00 | - | 1.50 | 0.10 | - | 0 | 10.0 | 2.00 |" in (tmp_path / "results.md").read_text()
 
 
 def test_never_and_order(out):
@@ -98,7 +100,8 @@ def test_never_and_order(out):
     rows = plot.main([str(out), "--order", "abc"])
     assert [r["scheme"] for r in rows] == ["abc", "sparse", "uniform"]
     assert rows[2]["first_best"] == "never"
-    assert "| uniform | 1 | 0.00 ± 0.00 | 0.00 | 0.10 | never | 0 | 2.00 |" in (out / "results.md").read_text()
+    # uniform's seed 0 mean 0 against sparse's 2: -2, one seed, so no spread
+    assert "| uniform | 1 | 0.00 ± 0.00 | -2.00 ± 0.00 (0/1) | 0.00 | 0.10 | never | 0 | 10.0 | 2.00 |" in (out / "results.md").read_text()
 
 
 def test_main_function(out):

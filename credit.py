@@ -1,0 +1,145 @@
+"""Credit faithfulness: does a scheme's per-token credit point at the tokens that earned the score?
+
+    python abc_ppo.py --preset mini --faithfulness 300        # or any --reward_model, --policy, --dataset
+
+ABC rests on one premise: the reward model's last-layer attention, read from the scored token,
+points at the tokens the score came from. This measures it. Each held-out text is cut into a
+prompt (its first k tokens) and a completion (the next tokens, at most `max_len`), scored as it
+stands (no EOS added). The reference is leave-one-token-out occlusion: delete completion token t,
+score the text again, and take
+    e_t = |s(x, y) - s(x, y without y_t)|.
+Each scheme's credit r_t (abc and abcd at beta = 1, i.e. the attention map alone) is compared
+with e over the completion tokens of each text:
+    rank correlation = Spearman(|r|, e), averaged over texts;
+    top-1 agreement  = share of texts where argmax_t |r_t| = argmax_t e_t.
+Uniform credit has no ranking; its top-1 is chance, mean(1 / n). Occlusion is itself only an
+approximation of "what earned the score": deleting a token also shifts every later position and
+leaves text the reward model never saw in training.
+"""
+import torch
+
+from reward import abcd, red
+
+
+@torch.no_grad()
+def rm_pass(rm, ids, mask):
+    """One reward-model pass over right-padded rows. Returns the score read at every position [B, L]
+    (the score is the one at the last real token), and the attention row of that last token in
+    every layer, averaged over heads: [layers, B, L]."""
+    from abc_ppo import attention_row, last_index, logit_score, positions
+
+    out = rm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_attentions=True)
+    last = last_index(mask)
+    return logit_score(rm.score(out.last_hidden_state)), torch.stack([attention_row(a, last) for a in out.attentions])
+
+
+@torch.no_grad()
+def occlusion(rm, ids, mask, k, chunk=512):
+    """e[b, t] = |s(row b) - s(row b without completion token t)|, for the tokens after the first k: [B, G].
+    Every deletion of every row is scored in batches of `chunk` rows."""
+    from abc_ppo import last_index
+
+    B, L = ids.shape
+    G = L - k
+    j = torch.arange(L - 1)
+    # Deleting position k+t: column j of the shorter row reads column j, or j+1 from k+t on.
+    src = torch.stack([j + (j >= k + t).long() for t in range(G)])  # [G, L-1]
+    var_ids = ids[:, src].transpose(0, 1).reshape(G * B, L - 1)  # [G*B, L-1], t-major
+    var_mask = mask[:, src].transpose(0, 1).reshape(G * B, L - 1)
+    s_var = []
+    for i in range(0, G * B, chunk):
+        s, _ = rm_pass(rm, var_ids[i:i + chunk], var_mask[i:i + chunk])
+        s_var.append(s[torch.arange(len(s)), last_index(var_mask[i:i + chunk])])
+    s_full, _ = rm_pass(rm, ids, mask)
+    s_full = s_full[torch.arange(B), last_index(mask)]
+    return (s_full[None] - torch.cat(s_var).view(G, B)).abs().T * mask[:, k:]
+
+
+def ranks(x, mask):
+    """Ranks within each row over the masked entries, ties given their average rank: [B, G] -> [B, G]."""
+    m = mask.bool()
+    less = ((x[:, None, :] < x[:, :, None]) & m[:, None, :]).sum(-1)  # [B, G]: entries below x_t
+    equal = ((x[:, None, :] == x[:, :, None]) & m[:, None, :]).sum(-1)
+    return (less + (equal + 1) / 2) * m
+
+
+def spearman(x, y, mask):
+    """Rank correlation per row over the masked entries; NaN where a row is constant: [B]."""
+    m = mask.float()
+    n = m.sum(1, keepdim=True)
+    rx, ry = ranks(x, mask), ranks(y, mask)
+    rx, ry = (rx - (rx * m).sum(1, keepdim=True) / n) * m, (ry - (ry * m).sum(1, keepdim=True) / n) * m
+    return (rx * ry).sum(1) / ((rx ** 2).sum(1) * (ry ** 2).sum(1)).sqrt()
+
+
+def top1(x, mask):
+    """Index of each row's largest masked entry: [B, G] -> [B]."""
+    return x.masked_fill(mask == 0, -float("inf")).argmax(1)
+
+
+def encode(tok, texts, k, max_len):
+    """Token rows of the texts with at least 2 completion tokens, cut to k + max_len tokens and
+    right-padded: ids [N, L], mask [N, L]."""
+    rows = [r[:k + max_len] for r in (tok(t)["input_ids"] for t in texts) if len(r) >= k + 2]
+    if not rows:
+        raise ValueError(f"no text has more than {k + 1} tokens")
+    L = max(map(len, rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return (torch.tensor([r + [pad] * (L - len(r)) for r in rows]),
+            torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows]))
+
+
+@torch.no_grad()
+def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
+    """{scheme: (mean rank correlation, top-1 agreement)} against occlusion, for sparse, uniform,
+    abc with each layer's attention, red, and abcd when a policy sharing `tok` is given.
+    Both models must run with eager attention (SDPA returns no weights)."""
+    from abc_ppo import forward
+
+    device = next(rm.parameters()).device
+    ids, mask = (x.to(device) for x in encode(tok, texts, k, max_len))
+    comp = mask[:, k:].float()  # [N, G] completion tokens
+    e = occlusion(rm, ids, mask, k)  # [N, G]
+    scores, att = rm_pass(rm, ids, mask)  # [N, L], [layers, N, L]
+    n = comp.sum(1)
+    credit = {"sparse": torch.nn.functional.one_hot(n.long() - 1, comp.shape[1]).float()}
+    credit |= {f"abc, layer {i}" + (" (last)" if i == len(att) - 1 else ""): a[:, k:] * comp for i, a in enumerate(att)}
+    credit["red"] = red(scores[:, k - 1:], comp).abs()  # [N, G+1] prefix scores -> |s_t - s_{t-1}|
+    if policy is not None:
+        A = forward(policy, None, ids, mask, k, attention=True)[3]  # [N, G, G]
+        credit["abcd"] = abcd(torch.ones(len(ids), device=device), A, comp, 1.0)
+    truth = top1(e, comp)
+    table = {"uniform (chance)": (None, (1 / n).mean().item())}  # no ranking to correlate
+    for name, c in credit.items():
+        rho = spearman(c, e, comp)
+        table[name] = (rho[~rho.isnan()].mean().item(), (top1(c, comp) == truth).float().mean().item())
+    return dict(texts=len(ids), prompt_tokens=k, max_completion_tokens=max_len, schemes=table)
+
+
+def print_table(result, out=None):
+    """The faithfulness table as markdown."""
+    lines = [f"Credit faithfulness against occlusion: {result['texts']} texts, prompt = first "
+             f"{result['prompt_tokens']} tokens, completion = up to {result['max_completion_tokens']} more.", "",
+             "| credit | rank corr. with occlusion | top-1 agreement |", "|---|---|---|"]
+    for name, (rho, hit) in result["schemes"].items():
+        lines.append(f"| {name} | {'—' if rho is None else f'{rho:+.2f}'} | {hit:.2f} |")
+    print("\n".join(lines), file=out)
+
+
+def faithfulness_report(args, texts, tok, policy, rm, rm_tok):
+    """abc_ppo.py --faithfulness N: the table for the first N texts of --dataset, with the prompt the
+    middle of --prompt_len and the completion up to the longest --gen_len. abcd needs the policy to
+    share the reward model's tokenizer (rm_tok is None then)."""
+    from abc_ppo import fail, is_decoder
+
+    if not is_decoder(rm):
+        fail("--faithfulness needs a decoder reward model (GPT-2 style), which reads the score at the last token")
+    try:
+        result = faithfulness(rm, rm_tok or tok, texts[:args.faithfulness], sum(args.prompt_len) // 2,
+                              args.gen_len[1], policy if rm_tok is None else None)
+    except ValueError as e:
+        fail(f"--faithfulness: {e}")
+    print_table(result)
+    if rm_tok is not None:
+        print("(no abcd row: the policy's tokenizer differs from the reward model's)")
+    return result
