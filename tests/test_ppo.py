@@ -199,6 +199,26 @@ def test_resume_drops_a_half_written_last_line(tiny, tmp_path):
     assert [json.loads(l)["step"] for l in open(tmp_path / "samples.jsonl")] == [0, 0, 1, 1, 2, 2]
 
 
+class RunsCodeOnLoad:
+    """Unpickling this calls open(path, "w"): what a hostile trainer_state.pt could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_resume_loads_trainer_state_as_data_only(tiny, tmp_path, capsys):
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "1"))
+    state_file = tmp_path / "checkpoint" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)  # what we save loads under weights_only ...
+    marker = tmp_path / "code_ran"
+    torch.save(dict(state, payload=RunsCodeOnLoad(marker)), state_file)
+    expect_error(capsys, tiny_args(tiny, tmp_path, "--steps", "2", "--resume"), "no usable checkpoint")
+    assert not marker.exists()  # ... and a checkpoint that carries code is refused, its code never run
+
+
 def test_value_head_has_nn_linear_default_init(tiny, tmp_path):
     # nn.Linear's default (as TRL's value head): w, b ~ U(-1/sqrt(H), 1/sqrt(H)), std 1/sqrt(3H).
     value_head = abc_ppo.load_models(abc_ppo.parse_args(tiny_args(tiny, tmp_path)), torch.device("cpu"))[-1]
