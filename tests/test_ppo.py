@@ -211,6 +211,7 @@ class RunsCodeOnLoad:
 
 def test_resume_loads_trainer_state_as_data_only(tiny, tmp_path, capsys):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "1"))
+    capsys.readouterr()  # the first run's progress bar
     state_file = tmp_path / "checkpoint" / "trainer_state.pt"
     state = torch.load(state_file, weights_only=True)  # what we save loads under weights_only ...
     marker = tmp_path / "code_ran"
