@@ -1,8 +1,10 @@
-"""Credit faithfulness: does a scheme's per-token credit point at the tokens that earned the score?
+"""Seeing the credit: which tokens each scheme rewards, and whether that is where the score came from.
 
+    python abc_ppo.py --explain "TEXT"                        # each scheme's credit for each token
+    python abc_ppo.py --log_samples 4                         # samples.jsonl and credit.html from a run
     python abc_ppo.py --preset mini --faithfulness 300        # or any --reward_model, --policy, --dataset
 
-ABC rests on one premise: the reward model's last-layer attention, read from the scored token,
+Faithfulness. ABC rests on one premise: the reward model's last-layer attention, read from the scored token,
 points at the tokens the score came from. This measures it. Each held-out text is cut into a
 prompt (its first k tokens) and a completion (the next tokens, at most `max_len`), scored as it
 stands (no EOS added). The reference is leave-one-token-out occlusion: delete completion token t,
@@ -15,10 +17,18 @@ with e over the completion tokens of each text:
 Uniform credit has no ranking; its top-1 is chance, mean(1 / n). Occlusion is itself only an
 approximation of "what earned the score": deleting a token also shifts every later position and
 leaves text the reward model never saw in training.
+
+abc_ppo.py imports this module, so what it needs from abc_ppo.py is imported inside its functions.
 """
+import html
+import json
+import os
+import sys
+
 import torch
 
-from reward import abcd, red
+from presets import fail
+from reward import REWARDS, abcd, red
 
 
 @torch.no_grad()
@@ -106,7 +116,7 @@ def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
     credit |= {f"abc, layer {i}" + (" (last)" if i == len(att) - 1 else ""): a[:, k:] * comp for i, a in enumerate(att)}
     credit["red"] = red(scores[:, k - 1:], comp).abs()  # [N, G+1] prefix scores -> |s_t - s_{t-1}|
     if policy is not None:
-        A = forward(policy, None, ids, mask, k, attention=True)[3]  # [N, G, G]
+        A = forward(policy, None, ids, mask, k, attention=True).attention  # [N, G, G]
         credit["abcd"] = abcd(torch.ones(len(ids), device=device), A, comp, 1.0)
     truth = top1(e, comp)
     table = {"uniform (chance)": (None, (1 / n).mean().item())}  # no ranking to correlate
@@ -130,7 +140,7 @@ def faithfulness_report(args, texts, tok, policy, rm, rm_tok):
     """abc_ppo.py --faithfulness N: the table for the first N texts of --dataset, with the prompt the
     middle of --prompt_len and the completion up to the longest --gen_len. abcd needs the policy to
     share the reward model's tokenizer (rm_tok is None then)."""
-    from abc_ppo import fail, is_decoder
+    from abc_ppo import is_decoder
 
     if not is_decoder(rm):
         fail("--faithfulness needs a decoder reward model (GPT-2 style), which reads the score at the last token")
@@ -143,3 +153,79 @@ def faithfulness_report(args, texts, tok, policy, rm, rm_tok):
     if rm_tok is not None:
         print("(no abcd row: the policy's tokenizer differs from the reward model's)")
     return result
+
+
+def colour(text, value, top, enabled):
+    """Text on a background from red (negative) through none to green (positive)."""
+    if not enabled or top == 0:
+        return text
+    a = min(abs(value) / top, 1.0)
+    r, g, b = (int(255 - 255 * a), 255, int(255 - 255 * a)) if value >= 0 else (255, int(255 - 255 * a), int(255 - 255 * a))
+    return f"\x1b[48;2;{r};{g};{b}m\x1b[30m{text}\x1b[0m"
+
+
+@torch.no_grad()
+def explain(args, tok, policy, rm, rm_tok, device):
+    """Print the reward each scheme gives each completion token of --explain TEXT, where the
+    first --prompt_len tokens are the prompt. No KL term: this is the RM's credit alone."""
+    from abc_ppo import forward, per_token_rewards, score_completions
+
+    ids = tok(args.explain)["input_ids"]
+    k = args.prompt_len[0]
+    if len(ids) <= k:
+        fail(f"--explain text has {len(ids)} tokens; it needs more than the prompt's {k} (--prompt_len)")
+    seq = torch.tensor([ids], device=device)
+    prompt_mask, comp_mask = torch.ones(1, k, dtype=torch.long, device=device), torch.ones_like(seq[:, k:])
+    s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, args.score_eos)
+    policy_attention = forward(policy, None, seq, torch.ones_like(seq), k, attention=True).attention
+    names = [n for n in REWARDS if not (n == "red" and prefix_scores is None)]  # red needs a decoder RM
+    cols = {n: per_token_rewards(n, args.beta, s, comp_mask.float(), attention, prefix_scores, policy_attention)[0]
+            .tolist() for n in names}
+    heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd") else n for n in names]
+    top = max(abs(v) for c in cols.values() for v in c)
+    tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+    print(f"prompt {tok.decode(ids[:k])!r}   RM score {s.item():+.3f}"
+          + (f"   red: s_0 = {prefix_scores[0, 0].item():+.3f}" if prefix_scores is not None else ""))
+    print(f"{'token':16}" + "".join(f"{h:>12}" for h in heads))
+    for t, tid in enumerate(ids[k:]):
+        cells = [colour(f"{cols[n][t]:+12.3f}", cols[n][t], top, tty) for n in names]
+        print(f"{repr(tok.decode([tid]))[:16]:16}" + "".join(cells))
+    print(f"{'sum':16}" + "".join(f"{sum(cols[n]):+12.3f}" for n in names))
+
+
+def write_samples(f, step, tok, seq, prompt_mask, comp_mask, rm_score, credit, n):
+    """Append n completions of this step with the credit the scheme gave each token."""
+    P = prompt_mask.shape[1]
+    for b in range(n):
+        m = int(comp_mask[b].sum())
+        f.write(json.dumps(dict(step=step, score=round(rm_score[b].item(), 4),
+                                prompt=tok.decode(seq[b, :P][prompt_mask[b].bool()]),
+                                tokens=[tok.decode([t]) for t in seq[b, P:P + m].tolist()],
+                                credit=[round(c, 4) for c in credit[b, :m].tolist()])) + "\n")
+    f.flush()
+
+
+def write_credit_html(out_dir, scheme):
+    """credit.html: one row per logged sample, each completion token coloured by its credit."""
+    with open(os.path.join(out_dir, "samples.jsonl")) as f:
+        samples = [json.loads(line) for line in f]
+    top = max((abs(c) for x in samples for c in x["credit"]), default=0) or 1.0
+    rows = []
+    for x in samples:
+        spans = "".join(f'<span style="background:rgba({"0,170,70" if c >= 0 else "220,40,40"},{min(abs(c) / top, 1):.2f})"'
+                        f' title="{c:+.4f}">{html.escape(t)}</span>' for t, c in zip(x["tokens"], x["credit"]))
+        rows.append(f'<tr><td>{x["step"]}</td><td>{x["score"]:+.2f}</td>'
+                    f'<td><span class="prompt">{html.escape(x["prompt"])}</span>{spans}</td></tr>')
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"/><title>credit: {scheme}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td{{padding:3px 10px;white-space:pre-wrap}}
+td:last-child{{font-family:monospace;font-size:15px}} .prompt{{color:#888}} span{{border-radius:3px}}</style></head>
+<body><h2>Per-token credit from the <code>{scheme}</code> reward (KL term not included)</h2>
+<p>Grey: prompt. Green: positive credit, red: negative; the stronger the colour, the larger |credit|
+(full colour = {top:.3f}). Hover a token for its value.</p>
+<table><tr><th>step</th><th>RM score</th><th>prompt and completion</th></tr>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+    with open(os.path.join(out_dir, "credit.html"), "w") as f:
+        f.write(page)

@@ -93,7 +93,7 @@ def test_policy_attention_is_the_attention_paid_while_generating(tiny):
     out = policy.generate(input_ids=prompt, max_new_tokens=6, min_new_tokens=6, do_sample=True, top_k=0,
                           output_attentions=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)
     seq = out.sequences
-    A = abc_ppo.forward(policy, None, seq, torch.ones_like(seq), P, attention=True)[3]  # [1, G, G]
+    A = abc_ppo.forward(policy, None, seq, torch.ones_like(seq), P, attention=True).attention  # [1, G, G]
     for k in range(1, 6):  # step k feeds completion token k-1
         step = out.attentions[k][-1].mean(1)[0, -1]  # [P + k] keys
         torch.testing.assert_close(A[0, k - 1, :k], step[P:], atol=1e-5, rtol=1e-4)

@@ -11,6 +11,7 @@ from conftest import ROOT, tiny_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import abc_ppo
+import presets
 
 KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clip_frac",
         "approx_kl", "completion_len", "time_generate", "time_score", "time_optimize"}
@@ -220,9 +221,9 @@ def test_resume_loads_trainer_state_as_data_only(tiny, tmp_path, capsys):
     assert not marker.exists()  # ... and a checkpoint that carries code is refused, its code never run
 
 
-def test_value_head_has_nn_linear_default_init(tiny, tmp_path):
+def test_value_head_has_nn_linear_default_init():
     # nn.Linear's default (as TRL's value head): w, b ~ U(-1/sqrt(H), 1/sqrt(H)), std 1/sqrt(3H).
-    value_head = abc_ppo.load_models(abc_ppo.parse_args(tiny_args(tiny, tmp_path)), torch.device("cpu"))[-1]
+    value_head = abc_ppo.ValueHead(32)
     bound = 1 / math.sqrt(value_head.in_features)
     w, b = value_head.weight, value_head.bias
     assert w.abs().max() <= bound and 0 < b.abs().item() <= bound
@@ -321,7 +322,7 @@ def fake_hub_cache(root, names):
 def test_forced_paper_preset_probes_the_hub_once_then_uses_the_cache(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
-    paper = abc_ppo.PRESETS["paper"]
+    paper = dict(policy="lvwerra/gpt2-imdb", reward_model="XanderJC/gpt2-rm-imdb", dataset="stanfordnlp/imdb")
     fake_hub_cache(tmp_path, [(paper["policy"], "model", "config.json"), (paper["reward_model"], "model", "config.json")])
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -331,7 +332,7 @@ def test_forced_paper_preset_probes_the_hub_once_then_uses_the_cache(tmp_path, m
         calls.append(a)
         raise OSError("unreachable")
 
-    monkeypatch.setattr(abc_ppo.socket, "create_connection", no_hub)
+    monkeypatch.setattr(presets.socket, "create_connection", no_hub)
     # The dataset is not cached: one line at once, and no probe when HF_HUB_OFFLINE is set.
     expect_error(capsys, ["--preset", "paper"], "hub is unreachable and not all of lvwerra/gpt2-imdb, "
                  "XanderJC/gpt2-rm-imdb, stanfordnlp/imdb are in the local cache")

@@ -1,0 +1,74 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+<out_dir>/checkpoint holds the policy and tokenizer (save_pretrained) and trainer_state.pt:
+the value head, Adam's state, the KL coefficient and every random generator's state.
+"""
+import json
+import os
+import random
+import shutil
+
+import torch
+
+from presets import fail, first_line
+
+
+def save(out_dir, step, policy, tok, value_head, opt, kl_ctl, data_rng):
+    """Write to a temporary folder, then swap it in, so a crash never leaves half a checkpoint."""
+    final, tmp = os.path.join(out_dir, "checkpoint"), os.path.join(out_dir, "checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    torch.save(dict(step=step, value_head=value_head.state_dict(), opt=opt.state_dict(), kl_coef=kl_ctl.value,
+                    gen=data_rng.get_state(), torch_rng=torch.get_rng_state(), py_rng=random.getstate(),
+                    cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def resume(out_dir, logs, policy, value_head, opt, kl_ctl, data_rng):
+    """Restore the state saved above and drop the log lines of steps after it (a crash), so each
+    step is logged once. Returns the next step to run."""
+    from transformers import AutoModelForCausalLM
+
+    path = os.path.join(out_dir, "checkpoint")
+    try:
+        # weights_only: a checkpoint is data, never code to run; tensors, numbers, tuples and
+        # dicts are all it holds (random.getstate() is a tuple of ints).
+        state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=True)
+        policy.load_state_dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict())
+    except Exception as e:
+        fail(f"--resume: no usable checkpoint in {path} ({first_line(e)})")
+    value_head.load_state_dict(state["value_head"])
+    opt.load_state_dict(state["opt"])
+    kl_ctl.value = state["kl_coef"]
+    data_rng.set_state(state["gen"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["py_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    for f in logs:
+        if f:
+            drop_steps_from(f.name, state["step"] + 1)
+    return state["step"] + 1
+
+
+def drop_steps_from(path, start):
+    """Keep only the JSON lines of steps before `start`. A hard kill can leave the last line
+    half-written; it belongs to a step after the checkpoint (saved only once its lines are
+    flushed), so it goes too."""
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                break
+            fail(f"--resume: {path}, line {i + 1}, is not a JSON line with a step; remove it or the file")
+        if step < start:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w") as f:
+        f.writelines(keep)
