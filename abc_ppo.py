@@ -101,7 +101,9 @@ def load_models(args, device):
     mode: with dropout on, the PPO ratio would leave 1 on the first update from noise alone.
     Returns tok, policy, ref, rm, rm_tok (None when the RM shares the policy's tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # keep the terminal for the training bar and one-line errors
     presets.check_reward_model(args.reward_model)  # a sequence classifier, before minutes of loading
     tok, rm_tok = presets.load_tokenizer(args.policy), presets.load_tokenizer(args.reward_model)
     # Eager attention returns attention weights (SDPA does not): ABC reads the RM's, ABC-D the
@@ -334,10 +336,7 @@ def main(argv=None):
     device = torch.device(args.device)
     autocast = bf16_autocast(device, args.bf16)
     if args.preset == "mini":
-        try:
-            mini.ensure(args.mini_dir)  # built once (about two minutes), then reused
-        except (OSError, ValueError) as e:
-            fail(f"cannot build the mini preset in {args.mini_dir}: {e}")
+        presets.ensure_mini(args.mini_dir)  # built once (about two minutes), then reused
     if args.explain or args.faithfulness:
         tok, policy, _, rm, rm_tok = load_models(args, device)
         if args.explain:

@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+import mini
+
 # A small GPT-2 policy and RM built offline by mini.py; prompts are held-out reviews. The tiny
 # model learns at a larger learning rate than GPT-2 124M. mini's RM is trained on review + EOS,
 # so it reads a completion's final EOS (score_eos 1); the paper's RM scored the text before it.
@@ -121,6 +123,13 @@ def paper_cached(parser, keys):
                 else try_to_load_from_cache(name, "config.json"))
 
     return all(isinstance(cached(k), str) for k in keys)
+
+
+def ensure_mini(mini_dir):
+    try:
+        mini.ensure(mini_dir)
+    except (OSError, ValueError) as e:
+        fail(f"cannot build the mini preset in {mini_dir}: {e}")
 
 
 def load(what, cls, name, **kw):

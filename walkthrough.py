@@ -65,7 +65,8 @@ ids = list(prompt)
 print("prompt:", repr(tok.decode(prompt)))
 with torch.no_grad():
     for t in range(15):
-        probs = torch.softmax(policy(torch.tensor([ids])).logits[0, -1], -1)  # pi(. | x, y_<t)
+        x = torch.tensor([ids])
+        probs = torch.softmax(policy(x, attention_mask=torch.ones_like(x)).logits[0, -1], -1)  # pi(. | x, y_<t)
         y = int(torch.multinomial(probs, 1))
         ids.append(y)
         print(f"t={t:2d}  {tok.decode([y])!r:14}  p={probs[y]:.3f}   most likely: {tok.decode([int(probs.argmax())])!r}")
@@ -87,7 +88,7 @@ score, attention, prefix_scores = abc_ppo.score_completions(rm, rm_tok, tok, seq
                                                             args.score_eos)  # [1], [1, G], [1, G+1]
 print(f"RM score {score.item():+.3f}")
 with torch.no_grad():
-    att_map = rm(seq, output_attentions=True).attentions[-1][0].mean(0)  # [L, L], last layer
+    att_map = rm(seq, attention_mask=torch.ones_like(seq), output_attentions=True).attentions[-1][0].mean(0)  # [L, L], last layer
 fig, ax = plt.subplots(figsize=(7, 6))
 ax.imshow(att_map, cmap="viridis")
 ax.set_xticks(range(len(ids)), words(ids), rotation=90)
@@ -226,7 +227,7 @@ for beta in ("0", "1"):
 
 # %%
 with torch.no_grad():
-    layers = rm(seq, output_attentions=True).attentions  # one [1, heads, L, L] per layer
+    layers = rm(seq, attention_mask=torch.ones_like(seq), output_attentions=True).attentions  # one [1, heads, L, L] per layer
 for i, a in enumerate(layers):
     row = a[0, :, -1, P:].mean(0)[None]  # the scored token's row over the completion: [1, G]
     print(f"layer {i}: " + " ".join(f"{c:+.2f}" for c in reward.abc(score, row, mask, 1.0)[0].tolist()))

@@ -55,8 +55,54 @@ def tiny(tmp_path_factory):
     return {k: str(v) for k, v in paths.items()} | dict(accuracy=mini.accuracy(rm, tok, texts[-200:], labels[-200:]))
 
 
+@pytest.fixture(scope="session")
+def policy_tok(tiny):
+    """The tiny policy's tokenizer; the tiny reward model shares it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny["policy"])
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tiny):
+    """The tiny reward model in eval mode, with eager attention so that it returns attention weights."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval()
+
+
+SMALL = dict(n_layer=2, n_embd=64, n_head=2, n_positions=128)
+
+
+@pytest.fixture(scope="session")
+def mini_dir(tmp_path_factory):
+    """The mini preset built from the whole corpus, smaller and shorter-trained than the default."""
+    out = str(tmp_path_factory.mktemp("cache") / "mini")
+    mini.build(mini.CORPUS, out, lm_steps=150, rm_steps=400, size=SMALL)
+    return out
+
+
 def tiny_args(tiny, out_dir, *extra):
     """Command-line flags for a short, fast run on the tiny models."""
     return ["--policy", tiny["policy"], "--reward_model", tiny["reward_model"], "--dataset", tiny["data"],
             "--min_chars", "0", "--prompt_len", "2", "4", "--out_dir", str(out_dir), "--batch_size", "8",
             "--mini_batch_size", "4", "--ppo_epochs", "2", "--lr", "1e-3", *extra]
+
+
+def pad(rows, pad_id, side="left"):
+    """Token-id lists padded on one side to the longest: ids [B, L] and mask [B, L], 1 on real tokens."""
+    assert side in ("left", "right")
+    L = max(map(len, rows))
+    fill = lambda row, x: [x] * (L - len(row)) + row if side == "left" else row + [x] * (L - len(row))
+    return torch.tensor([fill(r, pad_id) for r in rows]), torch.tensor([fill([1] * len(r), 0) for r in rows])
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file, one per line."""
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def read_metrics(out_dir):
+    """The metrics.jsonl rows that a run wrote to out_dir, one per step."""
+    return read_jsonl(os.path.join(out_dir, "metrics.jsonl"))

@@ -1,9 +1,7 @@
 """Reward models with a tokenizer of their own: re-tokenise, score, and map credit back exactly."""
-import json
-
 import pytest
 import torch
-from conftest import WORDS, tiny_args
+from conftest import WORDS, pad, read_metrics, tiny_args
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig,
                           DistilBertForSequenceClassification, GPT2ForSequenceClassification,
@@ -13,11 +11,6 @@ import abc_ppo
 import mini
 import retokenize
 import reward
-
-
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny["policy"])
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +52,9 @@ def other_decoder(tmp_path_factory):
 
 def batch(tok, pairs):
     """Left-padded prompts and right-padded completions from lists of policy token ids."""
-    P, G = max(len(p) for p, _ in pairs), max(len(c) for _, c in pairs)
-    pad = tok.eos_token_id
-    seq = torch.tensor([[pad] * (P - len(p)) + p + c + [pad] * (G - len(c)) for p, c in pairs])
-    prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p, _ in pairs])
-    mask = torch.tensor([[1] * len(c) + [0] * (G - len(c)) for _, c in pairs])
-    return seq, prompt_mask, mask
+    prompts, prompt_mask = pad([p for p, _ in pairs], tok.eos_token_id, "left")
+    completions, mask = pad([c for _, c in pairs], tok.eos_token_id, "right")
+    return torch.cat([prompts, completions], 1), prompt_mask, mask
 
 
 def texts_to_pairs(tok, items):
@@ -114,8 +104,8 @@ def test_one_rm_token_over_two_policy_tokens_splits_its_credit(encoder, policy_t
     torch.testing.assert_close(got1 / movie, torch.tensor(3 / 5), atol=1e-6, rtol=1e-6)
 
 
-def test_identical_tokenizers_match_the_fast_path(tiny, policy_tok):
-    rm = AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval()
+def test_identical_tokenizers_match_the_fast_path(tiny_rm, policy_tok):
+    rm = tiny_rm
     seq, prompt_mask, mask = batch(policy_tok, texts_to_pairs(policy_tok, ITEMS))
     (s_fast, a_fast, p_fast) = abc_ppo.score_completions(rm, None, policy_tok, seq, prompt_mask, mask, 1)
     (s_slow, a_slow, p_slow) = retokenize.score_retokenized(rm, policy_tok, policy_tok, seq, prompt_mask, mask)
@@ -128,8 +118,7 @@ def test_identical_tokenizers_match_the_fast_path(tiny, policy_tok):
 
 def test_training_and_explain_with_an_encoder_reward_model(tiny, encoder_dir, tmp_path, capsys):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward_model", encoder_dir, "--reward", "abc", "--steps", "2"))
-    rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [0, 1]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1]
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward_model", encoder_dir, "--explain", "the film was good", "--prompt_len", "2"))
     out = capsys.readouterr().out
     assert "red" not in out.splitlines()[1] and "abc b=0.5" in out  # red needs a decoder RM

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import GOOD, synthetic_texts, tiny_args
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 import abc_ppo
 import credit
@@ -63,9 +63,8 @@ def test_ranks_average_ties():
     assert rho[0] == pytest.approx(-1.0) and rho[1].isnan()  # a constant row has no ranking
 
 
-def test_occlusion_ranks_good_first_for_the_model_that_prefers_good(tiny):
-    rm = AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+def test_occlusion_ranks_good_first_for_the_model_that_prefers_good(tiny_rm, policy_tok):
+    rm, tok = tiny_rm, policy_tok
     texts = [t for t in synthetic_texts(200, seed=5)[0] if f" {GOOD} " in t[t.index(" ", 12):]][:30]
     k = 3
     ids, mask = credit.encode(tok, texts, k, 15)
@@ -82,11 +81,11 @@ def test_faithfulness_cli(tiny, tmp_path, capsys):
     assert all(-1 <= rho <= 1 for rho, _ in result["schemes"].values() if rho is not None)
 
 
-def test_policy_attention_is_the_attention_paid_while_generating(tiny):
+def test_policy_attention_is_the_attention_paid_while_generating(tiny, policy_tok):
     """forward's completion-to-completion attention (one pass, causal) equals the generation-time
     attention that the authors' ABC-D reads, step by step."""
     policy = AutoModelForCausalLM.from_pretrained(tiny["policy"], attn_implementation="eager").eval()
-    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    tok = policy_tok
     prompt = torch.tensor([tok("the film was")["input_ids"]])
     P = prompt.shape[1]
     torch.manual_seed(0)

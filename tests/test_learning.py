@@ -1,8 +1,6 @@
 """Learning: with a reward model that prefers the word 'good', PPO raises the mean reward."""
-import json
-
 import pytest
-from conftest import tiny_args
+from conftest import read_metrics, tiny_args
 
 import abc_ppo
 
@@ -11,7 +9,7 @@ import abc_ppo
 def test_reward_rises(tiny, tmp_path, scheme):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", scheme, "--steps", "30", "--batch_size", "16",
                            "--mini_batch_size", "4", "--ppo_epochs", "4", "--lr", "2e-3", "--seed", "1"))
-    rewards = [json.loads(l)["reward_mean"] for l in open(tmp_path / "metrics.jsonl")]
+    rewards = [r["reward_mean"] for r in read_metrics(tmp_path)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print(f"{scheme}: first 5 steps {first:.2f}, last 5 steps {last:.2f}")
     assert last > first + 1.0, rewards

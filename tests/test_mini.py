@@ -3,27 +3,18 @@ import json
 import os
 
 import pytest
+from conftest import SMALL, read_jsonl, read_metrics
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import abc_ppo
 import mini
-
-SMALL = dict(n_layer=2, n_embd=64, n_head=2, n_positions=64)
-
-
-@pytest.fixture(scope="module")
-def mini_dir(tmp_path_factory):
-    """The mini preset built from the whole corpus, smaller and shorter-trained than the default."""
-    out = str(tmp_path_factory.mktemp("cache") / "mini")
-    mini.build(mini.CORPUS, out, lm_steps=150, rm_steps=400, size=SMALL)
-    return out
 
 
 def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     texts, labels = mini.read_reviews(mini.CORPUS)
     data = tmp_path / "small.csv"  # CSV input, as `python mini.py --data my.csv` takes
     rows = list(zip(texts[:200], labels[:200])) + [("Great.", 1), (" ".join(["long"] * 150) + " and dull.", 0)]
-    data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in rows))  # one tiny, one over 64 tokens
+    data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in rows))  # one tiny, one over 128 tokens
     out = str(tmp_path / "mini")
     manifest = mini.build(str(data), out, lm_steps=20, rm_steps=20, size=SMALL)
     assert manifest["reviews"] == 202 and 0 <= manifest["rm_heldout_accuracy"] <= 1
@@ -33,7 +24,7 @@ def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     assert rm.config.num_labels == 2
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "reward_model"))
     assert tok.decode(tok("a great film")["input_ids"]) == "a great film"
-    held = [json.loads(l)["text"] for l in open(os.path.join(out, "prompts.jsonl"))]
+    held = [r["text"] for r in read_jsonl(os.path.join(out, "prompts.jsonl"))]
     assert held and set(held) <= {t for t, _ in rows}
 
 
@@ -97,7 +88,7 @@ def test_cache_of_an_older_recipe_is_rebuilt(mini_dir, tmp_path, monkeypatch, ca
 def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
     abc_ppo.main(["--preset", "mini", "--mini_dir", mini_dir, "--out_dir", str(tmp_path), "--steps", "60", "--lr", "3e-4",
                   "--seed", "0"])
-    rewards = [json.loads(l)["reward_mean"] for l in open(tmp_path / "metrics.jsonl")]
+    rewards = [r["reward_mean"] for r in read_metrics(tmp_path)]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print(f"mini: first 5 steps {first:.2f}, last 5 steps {last:.2f}")
     assert last > first + 1.0, rewards

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, tiny_args
+from conftest import ROOT, pad, read_jsonl, read_metrics, tiny_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import abc_ppo
@@ -18,12 +18,6 @@ KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "va
 
 
 # --- Scoring: the score position and the ABC attention row agree under any padding ----------
-@pytest.fixture(scope="module")
-def rm_and_tok(tiny):
-    return (AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval(),
-            AutoTokenizer.from_pretrained(tiny["reward_model"]))
-
-
 def alone(rm, prompt, completion):
     """Score and completion attention of one unpadded sequence: the reference values."""
     ids = torch.tensor([prompt + completion])
@@ -31,29 +25,22 @@ def alone(rm, prompt, completion):
     return s[0], a[0, len(prompt):]
 
 
-def test_score_and_attention_agree_under_left_and_right_padding(rm_and_tok):
-    rm, tok = rm_and_tok
+def test_score_and_attention_agree_under_left_and_right_padding(tiny_rm, policy_tok):
+    rm, tok = tiny_rm, policy_tok
     pairs = [(tok("the film was")["input_ids"], tok(" very good and long")["input_ids"]),
              (tok("a")["input_ids"], tok(" slow story")["input_ids"])]
-    pad = tok.eos_token_id
-    L = max(len(p) + len(c) for p, c in pairs)
     for side in ("left", "right"):
-        rows, masks, starts = [], [], []
-        for p, c in pairs:
-            n = L - len(p) - len(c)
-            row = [pad] * n + p + c if side == "left" else p + c + [pad] * n
-            rows.append(row)
-            masks.append([0] * n + [1] * (len(p) + len(c)) if side == "left" else [1] * (len(p) + len(c)) + [0] * n)
-            starts.append(n + len(p) if side == "left" else len(p))
-        s, a, _ = abc_ppo.score(rm, torch.tensor(rows), torch.tensor(masks))
+        ids, mask = pad([p + c for p, c in pairs], tok.eos_token_id, side)
+        s, a, _ = abc_ppo.score(rm, ids, mask)
         for b, (p, c) in enumerate(pairs):
+            start = ids.shape[1] - len(c) if side == "left" else len(p)  # the completion's first column
             s1, a1 = alone(rm, p, c)
             torch.testing.assert_close(s[b], s1, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(a[b, starts[b]:starts[b] + len(c)], a1, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(a[b, start:start + len(c)], a1, atol=1e-5, rtol=1e-5)
 
 
-def test_score_is_read_at_an_eos_inside_the_completion(rm_and_tok):
-    rm, tok = rm_and_tok
+def test_score_is_read_at_an_eos_inside_the_completion(tiny_rm, policy_tok):
+    rm, tok = tiny_rm, policy_tok
     p, c = tok("the plot")["input_ids"], tok(" was good")["input_ids"] + [tok.eos_token_id]
     junk = tok(" bad bad dull")["input_ids"]
     ids = torch.tensor([[tok.eos_token_id] + p + c + junk])  # one left pad, then junk after the EOS
@@ -65,8 +52,8 @@ def test_score_is_read_at_an_eos_inside_the_completion(rm_and_tok):
     assert a[0, -len(junk):].abs().max() == 0  # nothing after the EOS is attended to
 
 
-def test_score_eos_0_scores_the_text_before_a_final_eos(rm_and_tok):
-    rm, tok = rm_and_tok
+def test_score_eos_0_scores_the_text_before_a_final_eos(tiny_rm, policy_tok):
+    rm, tok = tiny_rm, policy_tok
     p, c = tok("the plot")["input_ids"], tok(" was good")["input_ids"]
     seq = torch.tensor([p + c + [tok.eos_token_id], p + c + [tok.eos_token_id]])
     prompt_mask, mask = torch.ones(2, len(p), dtype=torch.long), torch.tensor([[1] * (len(c) + 1), [1] * len(c) + [0]])
@@ -84,15 +71,13 @@ def test_test_reward_model_prefers_the_known_token(tiny):
 
 
 # --- Rollout ---------------------------------------------------------------------------------
-def test_rollout_masks_lengths_and_eos(tiny):
-    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+def test_rollout_masks_lengths_and_eos(tiny, policy_tok):
+    tok = policy_tok
     policy = AutoModelForCausalLM.from_pretrained(tiny["policy"]).eval()
     torch.manual_seed(0)
     prompts = ["the film", "a slow movie was", "the"]
-    ids = [tok(t)["input_ids"] for t in prompts]
-    P = max(map(len, ids))
-    prompt_ids = torch.tensor([[tok.eos_token_id] * (P - len(x)) + x for x in ids])
-    prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids])
+    prompt_ids, prompt_mask = pad([tok(t)["input_ids"] for t in prompts], tok.eos_token_id, "left")
+    P = prompt_ids.shape[1]
     lengths = torch.tensor([3, 9, 6])
     for _ in range(5):
         seq, mask = abc_ppo.rollout(policy, tok, prompt_ids, prompt_mask, lengths)
@@ -156,11 +141,6 @@ def test_value_loss_is_clipped_around_the_old_value():
 
 
 # --- End to end ------------------------------------------------------------------------------
-def read_metrics(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [json.loads(l) for l in f]
-
-
 @pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc", "red", "abcd"])
 def test_few_steps_write_well_formed_metrics(tiny, tmp_path, scheme):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", scheme, "--steps", "3"))
@@ -197,7 +177,7 @@ def test_resume_drops_a_half_written_last_line(tiny, tmp_path):
             f.write('{"step": 2, "reward_mean": 0.3')
     abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "3", "--log_samples", "2", "--resume"))
     assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2]
-    assert [json.loads(l)["step"] for l in open(tmp_path / "samples.jsonl")] == [0, 0, 1, 1, 2, 2]
+    assert [r["step"] for r in read_jsonl(tmp_path / "samples.jsonl")] == [0, 0, 1, 1, 2, 2]
 
 
 class RunsCodeOnLoad:
@@ -260,8 +240,9 @@ def test_bf16_autocast_leaves_the_reward_model_in_float32(tiny, tmp_path, monkey
 
 
 # --- Bad input: one clear line and a non-zero exit ------------------------------------------
-def run_cli(*args):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+def run_cli(*args, **env):
+    """abc_ppo.py in a fresh interpreter, offline, with env added to the environment."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", **env)
     return subprocess.run([sys.executable, os.path.join(ROOT, "abc_ppo.py"), *args], capture_output=True, text=True,
                           env=env, cwd=ROOT)
 
@@ -284,21 +265,40 @@ def expect_error(capsys, argv, text):
     assert e.value.code == 2 and text in err and "\n" not in err, err
 
 
-def test_bad_inputs(tiny, tmp_path, capsys):
-    expect_error(capsys, tiny_args(tiny, tmp_path, "--reward", "nope"), "invalid choice: 'nope'")
-    expect_error(capsys, tiny_args(tiny, tmp_path, "--reward_model", tiny["policy"]), "is not a sequence classifier")
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text(json.dumps({"text": "short"}) + "\n")
-    expect_error(capsys, tiny_args(tiny, tmp_path, "--dataset", str(empty), "--min_chars", "200"), "no text longer than")
+def only_short_texts(tiny, tmp_path):
+    data = tmp_path / "short.jsonl"
+    data.write_text(json.dumps({"text": "short"}) + "\n")
+    return tiny_args(tiny, tmp_path, "--dataset", str(data), "--min_chars", "200")
+
+
+def out_dir_inside_a_file(tiny, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    expect_error(capsys, tiny_args(tiny, blocker / "out"), "cannot write to --out_dir")
-    expect_error(capsys, tiny_args(tiny, tmp_path, "--policy", str(tmp_path / "missing")), "cannot load tokenizer")
-    expect_error(capsys, tiny_args(tiny, tmp_path / "fresh", "--resume"), "no usable checkpoint")
+    return tiny_args(tiny, blocker / "out")
+
+
+# Each case: its flags, built from the tiny models and a fresh tmp_path, and the line it must print.
+BAD_INPUTS = [
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--reward", "nope"), "invalid choice: 'nope'",
+                 id="unknown-reward"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--reward_model", tiny["policy"]),
+                 "is not a sequence classifier", id="not-a-classifier"),
+    pytest.param(only_short_texts, "no text longer than", id="no-long-text"),
+    pytest.param(out_dir_inside_a_file, "cannot write to --out_dir", id="unwritable-out-dir"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--policy", str(tmp / "missing")), "cannot load tokenizer",
+                 id="missing-policy"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--resume"), "no usable checkpoint",
+                 id="resume-without-checkpoint"),
     # Prompts up to 4 tokens + completions up to 80 > the tiny models' 64 positions: fail before training.
-    expect_error(capsys, tiny_args(tiny, tmp_path / "long", "--gen_len", "70", "80"),
-                 "--gen_len MAX 80 needs 84 positions, but the policy has 64")
-    assert not (tmp_path / "long" / "checkpoint").exists()
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--gen_len", "70", "80"),
+                 "--gen_len MAX 80 needs 84 positions, but the policy has 64", id="context-too-long"),
+]
+
+
+@pytest.mark.parametrize("argv, text", BAD_INPUTS)
+def test_bad_input_fails_with_one_line(tiny, tmp_path, capsys, argv, text):
+    expect_error(capsys, argv(tiny, tmp_path), text)
+    assert not any(tmp_path.rglob("checkpoint"))  # it stopped before training
 
 
 def test_lengths_are_trls_length_sampler_ranges(tiny):
@@ -348,24 +348,21 @@ def test_forced_paper_preset_probes_the_hub_once_then_uses_the_cache(tmp_path, m
 
 
 def test_cli_forced_paper_preset_without_hub_fails_at_once(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty"))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "abc_ppo.py"), "--preset", "paper",
-                        "--out_dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=ROOT)
+    r = run_cli("--preset", "paper", "--out_dir", str(tmp_path / "out"), HF_HUB_CACHE=str(tmp_path / "empty"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "hub is unreachable" in r.stderr and "--preset mini" in r.stderr
     assert not (tmp_path / "out").exists()  # it stopped while reading the flags, before any loading
 
 
 # --- Seeing the credit ---------------------------------------------------------------------
-def test_explain_prints_each_schemes_credit(tiny, tmp_path, capsys):
+def test_explain_prints_each_schemes_credit(tiny, policy_tok, tmp_path, capsys):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--explain", "the film was very good and long", "--prompt_len", "2"))
     lines = capsys.readouterr().out.splitlines()
     score = float(lines[0].split("RM score")[1].split()[0])
     s0 = float(lines[0].split("s_0 =")[1])
     assert lines[1].split()[1:] == ["sparse", "uniform", "abc", "b=0.5", "red", "abcd", "b=0.5"]
     body, total = lines[2:-1], lines[-1].split()
-    tok = AutoTokenizer.from_pretrained(tiny["policy"])
-    assert len(body) == len(tok("the film was very good and long")["input_ids"]) - 2
+    assert len(body) == len(policy_tok("the film was very good and long")["input_ids"]) - 2
     sums = [float(x) for x in total[1:]]
     assert sums[:3] == pytest.approx([score] * 3, abs=2e-3) and sums[4] == pytest.approx(score, abs=2e-3)
     assert sums[3] == pytest.approx(score - s0, abs=2e-3)  # red telescopes to score - s_0
@@ -376,7 +373,7 @@ def test_log_samples_and_credit_html(tiny, tmp_path):
     import xml.etree.ElementTree as ET
 
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", "red", "--steps", "2", "--log_samples", "3"))
-    samples = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    samples = read_jsonl(tmp_path / "samples.jsonl")
     assert [x["step"] for x in samples] == [0, 0, 0, 1, 1, 1]
     assert all(len(x["tokens"]) == len(x["credit"]) >= 1 for x in samples)
     page = (tmp_path / "credit.html").read_text()

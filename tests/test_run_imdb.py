@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, read_metrics
 
 import mini
 import reward
@@ -20,6 +20,10 @@ def script_env(tmp_path, **settings):
     return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable, **settings)
 
 
+def run_script(env):
+    return subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
+
+
 def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     texts, labels = mini.read_reviews(mini.CORPUS)
     data = tmp_path / "reduced.jsonl"
@@ -29,8 +33,7 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     out = tmp_path / "out"
     env = script_env(tmp_path, PRESET="mini", SEEDS="1", STEPS="3", OUT=str(out), GEN_LEN="3 4",
                      EXTRA=f"--mini_dir {mini_dir}")
-    run = lambda env: subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
-    r = run(env)
+    r = run_script(env)
     assert r.returncode == 0, r.stderr[-2000:]
     schemes = list(reward.REWARDS)
     assert schemes == ["sparse", "uniform", "abc", "red", "abcd"]  # the reproduction runs every scheme
@@ -38,7 +41,7 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     for s in schemes:
         run_dir = out / s / "seed0"
         assert (run_dir / "done").exists() and not (run_dir / "checkpoint").exists()  # done: its checkpoint goes
-        rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+        rows = read_metrics(run_dir)
         assert [x["step"] for x in rows] == [0, 1, 2]
         assert all(1 <= x["completion_len"] <= 4 for x in rows)  # GEN_LEN="3 4", not the default 8-15
         step0.add((rows[0]["reward_mean"], rows[0]["kl"], rows[0]["completion_len"]))
@@ -48,16 +51,16 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     table = (out / "results.md").read_text()
     assert all(f"| {s} | 1 |" in table for s in schemes)
     # A second start finds every run finished and only remakes the report.
-    again = run(env)
+    again = run_script(env)
     assert again.returncode == 0 and again.stdout.count("(done)") == len(schemes)
     # KEEP_CHECKPOINTS=1 keeps a finished run's checkpoint.
     (out / "abc" / "seed0" / "done").unlink()
-    kept = run(dict(env, KEEP_CHECKPOINTS="1", REWARDS="abc"))
+    kept = run_script(dict(env, KEEP_CHECKPOINTS="1", REWARDS="abc"))
     assert kept.returncode == 0 and (out / "abc" / "seed0" / "checkpoint" / "trainer_state.pt").exists()
 
 
 def test_run_imdb_fails_loudly(tmp_path):
     env = script_env(tmp_path, PRESET="mini", SEEDS="1", STEPS="2", OUT=str(tmp_path), REWARDS="abc",
                      EXTRA=f"--mini_dir {tmp_path / 'mini'} --batch_size 3 --mini_batch_size 2")
-    r = subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
+    r = run_script(env)
     assert r.returncode != 0 and "must be a multiple of --mini_batch_size" in r.stderr
