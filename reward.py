@@ -3,8 +3,8 @@
 Every function is pure tensor code and returns float rewards r of shape [B, T] with
     r[b, t] = 0 where mask[b, t] = 0,   and   sum_t r[b, t] = score[b]   (red: score[b] - s_0[b]).
 `mask` is 1 on real completion tokens and 0 on padding or on anything after the end
-of the completion. Each function names the signals it needs as its arguments
-(score, mask, attention, beta, prefix_scores, policy_attention); abc_ppo.py passes them by name.
+of the completion. Each function takes only the signals it needs (score, mask, attention,
+beta, prefix_scores, policy_attention); abc_ppo.per_token_rewards calls the chosen one.
 """
 import torch
 

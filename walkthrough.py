@@ -6,7 +6,7 @@
 # into per-token credit, and one PPO update uses it. Then a short sparse-against-abc run, and
 # exercises.
 #
-# Runs as a script (`python walkthrough.py`, about 3 minutes on 2 CPU cores) or as a notebook:
+# Runs as a script (`python walkthrough.py`, 7 minutes on 2 CPU cores) or as a notebook:
 # open it in VS Code or Jupyter (`jupytext --to notebook walkthrough.py`). Figures are saved
 # in `runs/walkthrough/`. Settings (environment variables): `WALKTHROUGH_STEPS` (PPO steps per
 # run, 40), `WALKTHROUGH_SEEDS` (2), `WALKTHROUGH_MINI_DIR` (the mini cache, built on first use),
@@ -18,6 +18,7 @@ import os
 
 import matplotlib.pyplot as plt
 import torch
+import transformers
 
 import abc_ppo
 import credit
@@ -252,6 +253,7 @@ def kl_estimate(min_new_tokens):
     """Mean over rollouts of sum_t log pi(y_t) - log pi_ref(y_t), sampling from pi with EOS forbidden
     for the first min_new_tokens tokens."""
     prompt_ids = seq[:, :P].repeat(64, 1)
+    transformers.logging.set_verbosity_error()  # generate drops this all-ones mask, then warns that it is missing
     policy.generation_config.min_new_tokens = min_new_tokens
     policy.generation_config.sequence_bias = {(tok.eos_token_id,): 3.0}  # sample from pi, not pi_ref
     out, comp_mask = abc_ppo.rollout(policy, tok, prompt_ids, torch.ones_like(prompt_ids),
