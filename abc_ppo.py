@@ -29,6 +29,7 @@ import checkpoints
 import credit
 import mini
 import presets
+import retokenize
 import reward
 from presets import fail
 
@@ -46,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--mini_dir", default=mini.MINI_DIR, help="where the mini preset is built and cached")
     p.add_argument("--policy", default="lvwerra/gpt2-imdb", help="causal LM: hub name or local dir [preset]")
     p.add_argument("--reward_model", default="XanderJC/gpt2-rm-imdb", help="sequence classifier [preset]")
-    p.add_argument("--dataset", default="stanfordnlp/imdb", help="or a .csv/.json/.jsonl with a 'text' column [preset]")
+    p.add_argument("--dataset", default="stanfordnlp/imdb", help="hub name, dir, or .csv/.jsonl with 'text' [preset]")
     p.add_argument("--min_chars", type=int, default=200, help="keep texts longer than this [preset]")
     p.add_argument("--score_eos", type=int, default=0, choices=[0, 1], help="1: the RM reads a final EOS [preset]")
     # TRL's LengthSampler(2, 8) and (8, 16) exclude the upper end: prompts of 2-7 tokens, completions of 8-15.
@@ -235,9 +236,7 @@ def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
     when the tokenizers match, through retokenize.py (which drops EOS) when they do not.
     With score_eos = 0 a final EOS stays the policy's action but the RM scores the text before it."""
     if rm_tok is not None:
-        from retokenize import score_retokenized
-
-        return score_retokenized(rm, rm_tok, tok, seq, prompt_mask, comp_mask)
+        return retokenize.score_retokenized(rm, rm_tok, tok, seq, prompt_mask, comp_mask)
     P = prompt_mask.shape[1]
     rm_mask = comp_mask if score_eos else comp_mask * (seq[:, P:] != tok.eos_token_id)  # [B, G]
     s, attention, scores = score(rm, seq, torch.cat([prompt_mask, rm_mask], 1))
@@ -248,19 +247,19 @@ def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
     return s, attention[:, P:] * rm_mask, prefix
 
 
-# 7. Per-token rewards: these are the only lines where the schemes differ (see reward.py). ---------
-def per_token_rewards(scheme, beta, score, mask, attention, prefix_scores, policy_attention):
+# 7. Per-token rewards: the only lines where the schemes' rewards differ (see reward.py). ----------
+def per_token_rewards(scheme, beta, rm_score, mask, attention, prefix_scores, policy_attention):
     """The RM's credit r_t for each completion token [B, G], before the KL penalty."""
     if scheme == "sparse":
-        return reward.sparse(score, mask)  # all on the last token
+        return reward.sparse(rm_score, mask)  # all on the last token
     if scheme == "uniform":
-        return reward.uniform(score, mask)  # score / n on each token
+        return reward.uniform(rm_score, mask)  # score / n on each token
     if scheme == "abc":
-        return reward.abc(score, attention, mask, beta)  # by the RM's attention
+        return reward.abc(rm_score, attention, mask, beta)  # by the RM's attention
     if scheme == "red":
         return reward.red(prefix_scores, mask)  # s_t - s_{t-1}
     if scheme == "abcd":
-        return reward.abcd(score, policy_attention, mask, beta)  # by the policy's attention
+        return reward.abcd(rm_score, policy_attention, mask, beta)  # by the policy's attention
     raise ValueError(f"unknown reward scheme {scheme!r}")
 
 
@@ -401,8 +400,8 @@ def main(argv=None):
             ref_logp = forward(ref, None, seq, attn_mask, P).logp  # [B, G]
         kl = (old.logp - ref_logp) * mask  # [B, G] per-token KL estimate
         kl_coef = kl_ctl.value
-        rm_credit = per_token_rewards(args.reward, args.beta, rm_score, mask, attention, prefix_scores,
-                                      old.attention)  # [B, G]
+        rm_credit = per_token_rewards(args.reward, args.beta, rm_score=rm_score, mask=mask, attention=attention,
+                                      prefix_scores=prefix_scores, policy_attention=old.attention)  # [B, G]
         rewards = rm_credit - kl_coef * kl
         adv, returns = gae(rewards, old.values, mask, args.gamma, args.lam)
         adv = whiten(adv, mask)

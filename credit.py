@@ -179,8 +179,9 @@ def explain(args, tok, policy, rm, rm_tok, device):
     s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, args.score_eos)
     policy_attention = forward(policy, None, seq, torch.ones_like(seq), k, attention=True).attention
     names = [n for n in REWARDS if not (n == "red" and prefix_scores is None)]  # red needs a decoder RM
-    cols = {n: per_token_rewards(n, args.beta, s, comp_mask.float(), attention, prefix_scores, policy_attention)[0]
-            .tolist() for n in names}
+    signals = dict(rm_score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix_scores,
+                   policy_attention=policy_attention)
+    cols = {n: per_token_rewards(n, args.beta, **signals)[0].tolist() for n in names}
     heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd") else n for n in names]
     top = max(abs(v) for c in cols.values() for v in c)
     tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ

@@ -18,8 +18,9 @@ import mini
 # so it reads a completion's final EOS (score_eos 1); the paper's RM scored the text before it.
 MINI = dict(policy="{mini_dir}/policy", reward_model="{mini_dir}/reward_model", dataset="{mini_dir}/prompts.jsonl",
             min_chars=0, prompt_len=[2, 5], steps=80, lr=1e-4, score_eos=1)
-EPILOG = "[preset]: --preset mini sets " + ", ".join(f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                                                    for k, v in MINI.items())
+EPILOG = "[preset]: --preset mini sets " + ", ".join(
+    f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}".replace("{mini_dir}", "MINI_DIR")
+    for k, v in MINI.items())
 HUB = ("policy", "reward_model", "dataset")  # the flags that name what the hub supplies
 
 
@@ -183,9 +184,11 @@ def check_models(args, policy, rm, rm_tok):
     longest completion, prompt_len MAX + gen_len MAX tokens, must fit the policy's and the RM's
     position embeddings; past them GPT-2 fails mid-run with an IndexError. An RM with its own
     tokenizer re-tokenises the text into a count we cannot know before sampling; we check the
-    same count plus its special tokens."""
+    same count plus its special tokens. --faithfulness reads the same lengths; --explain does not."""
     if rm.config.num_labels > 2:
         fail(f"--reward_model '{args.reward_model}' has {rm.config.num_labels} labels; 1 or 2 are supported")
+    if args.explain:
+        return  # --explain scores its own text, of its own length
     need = args.prompt_len[1] + args.gen_len[1]
     rm_need = need if rm_tok is None else need + rm_tok.num_special_tokens_to_add()
     for what, model, n in (("policy", policy, need), ("reward model", rm, rm_need)):

@@ -15,6 +15,7 @@
 # %%
 import json
 import os
+import sys
 
 import matplotlib.pyplot as plt
 import torch
@@ -43,10 +44,11 @@ torch.manual_seed(0)
 
 
 def show(fig, name):
-    """Save the figure under OUT, and draw it when running as a notebook."""
+    """Save the figure under OUT, and draw it when running as a notebook (a script goes on)."""
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, name), dpi=110)
-    plt.show()
+    if "ipykernel" in sys.modules:
+        plt.show()
     plt.close(fig)
 
 
@@ -70,7 +72,8 @@ with torch.no_grad():
         probs = torch.softmax(policy(x, attention_mask=torch.ones_like(x)).logits[0, -1], -1)  # pi(. | x, y_<t)
         y = int(torch.multinomial(probs, 1))
         ids.append(y)
-        print(f"t={t:2d}  {tok.decode([y])!r:14}  p={probs[y]:.3f}   most likely: {tok.decode([int(probs.argmax())])!r}")
+        best = tok.decode([int(probs.argmax())])
+        print(f"t={t:2d}  {tok.decode([y])!r:14}  p={probs[y]:.3f}   most likely: {best!r}")
         if y == tok.eos_token_id:
             break
 P = len(prompt)
@@ -89,7 +92,7 @@ score, attention, prefix_scores = abc_ppo.score_completions(rm, rm_tok, tok, seq
                                                             args.score_eos)  # [1], [1, G], [1, G+1]
 print(f"RM score {score.item():+.3f}")
 with torch.no_grad():
-    att_map = rm(seq, attention_mask=torch.ones_like(seq), output_attentions=True).attentions[-1][0].mean(0)  # [L, L], last layer
+    att_map = rm(seq, attention_mask=torch.ones_like(seq), output_attentions=True).attentions[-1][0].mean(0)  # [L, L]
 fig, ax = plt.subplots(figsize=(7, 6))
 ax.imshow(att_map, cmap="viridis")
 ax.set_xticks(range(len(ids)), words(ids), rotation=90)
@@ -111,8 +114,9 @@ show(fig, "attention.png")
 mask = comp_mask.float()
 with torch.no_grad():
     policy_attention = abc_ppo.forward(policy, None, seq, torch.ones_like(seq), P, attention=True).attention
-credits = {n: abc_ppo.per_token_rewards(n, args.beta, score, mask, attention, prefix_scores, policy_attention)[0]
-           for n in reward.REWARDS}
+signals = dict(rm_score=score, mask=mask, attention=attention, prefix_scores=prefix_scores,
+               policy_attention=policy_attention)
+credits = {n: abc_ppo.per_token_rewards(n, args.beta, **signals)[0] for n in reward.REWARDS}
 print(f"{'token':14}" + "".join(f"{n:>9}" for n in credits))
 for t, w in enumerate(words(ids[P:])):
     print(f"{w!r:14}" + "".join(f"{c[t]:+9.3f}" for c in credits.values()))
@@ -141,14 +145,14 @@ credit.print_table(table)
 # A batch of rollouts, scored; rewards = credit - KL penalty; GAE advantages, whitened; then the
 # clipped PPO loss on the whole batch. Before the first gradient step the policy is the one that
 # sampled, so the ratio pi / pi_old is exactly 1 and nothing is clipped; after a few steps on the
-# same batch it moves and clipping starts.
+# same batch it moves, and the clip range starts to bite.
 
 # %%
 def ppo_batch(policy, value_head, B=16, gen_len=(8, 15), seed=0):
     """Rollouts and everything PPO needs from them, as in abc_ppo.main's first two sections."""
     data_rng = torch.Generator().manual_seed(seed)
-    prompt_ids, prompt_mask = abc_ppo.sample_prompts(texts, tok, torch.randint(2, 6, (B,), generator=data_rng),
-                                                     data_rng)
+    prompt_len = torch.randint(args.prompt_len[0], args.prompt_len[1] + 1, (B,), generator=data_rng)
+    prompt_ids, prompt_mask = abc_ppo.sample_prompts(texts, tok, prompt_len, data_rng)
     seq, comp_mask = abc_ppo.rollout(policy, tok, prompt_ids, prompt_mask,
                                      torch.randint(gen_len[0], gen_len[1] + 1, (B,), generator=data_rng))
     P, mask = prompt_ids.shape[1], comp_mask.float()
@@ -160,10 +164,10 @@ def ppo_batch(policy, value_head, B=16, gen_len=(8, 15), seed=0):
     rewards = reward.abc(score, attention, mask, args.beta) - args.init_kl_coef * kl
     adv, returns = abc_ppo.gae(rewards, old.values, mask, args.gamma, args.lam)
     return dict(seq=seq, attn_mask=attn_mask, P=P, mask=mask, old=old, adv=abc_ppo.whiten(adv, mask),
-                returns=returns, kl=kl)
+                returns=returns, score=score, attention=attention)
 
 
-def ppo_updates(policy, value_head, batch, n=4, lr=1e-4):
+def ppo_updates(policy, value_head, batch, lr, n=4):
     """n gradient steps on the same batch, printing the ratio, clip fraction and losses of each."""
     opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=lr)
     old, mask = batch["old"], batch["mask"]
@@ -223,15 +227,22 @@ for beta in ("0", "1"):
     print(f"beta {beta}: reward first step {rows[0]['reward_mean']:+.2f}, last step {rows[-1]['reward_mean']:+.2f}")
 
 # %% [markdown]
-# **2. Attention from another layer.** ABC reads the last layer. Read layer 0 instead (mini's RM
-# has one block on top of its embeddings, so try a deeper RM with `--reward_model` to see more).
+# **2. Attention from another layer.** ABC reads the RM's last layer. mini's RM has a single
+# block, so its last layer is also its first; pass a deeper `--reward_model` (with the policy's
+# tokenizer) in `args` above to compare its layers. The policy has 4 layers: ABC-D's credit read
+# from each of them differs.
 
 # %%
 with torch.no_grad():
-    layers = rm(seq, attention_mask=torch.ones_like(seq), output_attentions=True).attentions  # one [1, heads, L, L] per layer
-for i, a in enumerate(layers):
+    ones = torch.ones_like(seq)
+    rm_layers = rm(seq, attention_mask=ones, output_attentions=True).attentions  # [1, heads, L, L] each
+    policy_layers = policy(seq, attention_mask=ones, output_attentions=True).attentions
+for i, a in enumerate(rm_layers):
     row = a[0, :, -1, P:].mean(0)[None]  # the scored token's row over the completion: [1, G]
-    print(f"layer {i}: " + " ".join(f"{c:+.2f}" for c in reward.abc(score, row, mask, 1.0)[0].tolist()))
+    print(f"RM layer {i}, abc:     " + " ".join(f"{c:+.2f}" for c in reward.abc(score, row, mask, 1.0)[0].tolist()))
+for i, a in enumerate(policy_layers):
+    A = a[:, :, P:, P:].mean(1)  # [1, G, G] between completion tokens
+    print(f"policy layer {i}, abcd: " + " ".join(f"{c:+.2f}" for c in reward.abcd(score, A, mask, 1.0)[0].tolist()))
 
 # %% [markdown]
 # **3. `min_new_tokens` and a negative KL.** `rollout` lets the policy end early. Forbid EOS for
@@ -253,12 +264,14 @@ def kl_estimate(min_new_tokens):
     """Mean over rollouts of sum_t log pi(y_t) - log pi_ref(y_t), sampling from pi with EOS forbidden
     for the first min_new_tokens tokens."""
     prompt_ids = seq[:, :P].repeat(64, 1)
+    verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # generate drops this all-ones mask, then warns that it is missing
     policy.generation_config.min_new_tokens = min_new_tokens
     policy.generation_config.sequence_bias = {(tok.eos_token_id,): 3.0}  # sample from pi, not pi_ref
     out, comp_mask = abc_ppo.rollout(policy, tok, prompt_ids, torch.ones_like(prompt_ids),
                                      torch.full((64,), 15))
     policy.generation_config.min_new_tokens, policy.generation_config.sequence_bias = None, None
+    transformers.logging.set_verbosity(verbosity)
     with torch.no_grad():
         pi_ref = abc_ppo.forward(ref, None, out, torch.ones_like(out), P).logp
     return ((logp_more_eos(out, P) - pi_ref) * comp_mask).sum(1).mean().item()
@@ -284,13 +297,10 @@ ppo_updates(learner, value_head, ppo_batch(learner, value_head), n=2, lr=args.lr
 
 # %%
 batch = ppo_batch(policy, abc_ppo.ValueHead(policy.config.hidden_size), B=4, gen_len=(40, 60))
-score, attention, _ = abc_ppo.score_completions(rm, rm_tok, tok, batch["seq"], batch["attn_mask"][:, :batch["P"]],
-                                                batch["mask"].long(), args.score_eos)
-abc_credit = reward.abc(score, attention, batch["mask"], 1.0)
+abc_credit = reward.abc(batch["score"], batch["attention"], batch["mask"], 1.0)
 for b in range(4):
-    n = int(batch["mask"][b].sum())
-    top = abc_credit[b].abs().topk(3).indices.tolist()
-    print(f"{n} tokens, score {score[b]:+.2f}; abc's top tokens: {[tok.decode([int(batch['seq'][b, batch['P'] + t])]) for t in top]}")
+    top = [tok.decode([int(batch["seq"][b, batch["P"] + t])]) for t in abc_credit[b].topk(3).indices.tolist()]
+    print(f"{int(batch['mask'][b].sum())} tokens, score {batch['score'][b]:+.2f}; abc's top tokens: {top}")
 rows = train("abc", 0, "--gen_len", "40", "60", name="abc-40-60")
 print(f"40-60 tokens: reward first step {rows[0]['reward_mean']:+.2f}, last step {rows[-1]['reward_mean']:+.2f}, "
       f"completion length {rows[-1]['completion_len']:.1f}")

@@ -20,6 +20,7 @@ def test_walkthrough_runs_and_shows_what_it_says(mini_dir, tmp_path):
     # 5. A fresh batch, eval mode: the first ratio is exactly 1; exercise 4, dropout on: it is not.
     first_updates = re.findall(r"update 0: ratio in \[([\d.]+), ([\d.]+)\]", out)
     assert first_updates[0] == ("1.0000", "1.0000") and first_updates[-1] != ("1.0000", "1.0000")
+    assert re.search(r"update 3: ratio in \[0\.\d+, 1\.\d+\]", out)  # after 3 steps it has moved both ways
     # Exercise 3: with EOS forbidden the KL estimate of the EOS-loving policy is negative.
     allowed = float(re.search(r"EOS allowed: +([-+.\d]+)", out).group(1))
     forbidden = float(re.search(r"min_new_tokens=15: ([-+.\d]+)", out).group(1))
