@@ -31,6 +31,7 @@ import mini
 import presets
 import retokenize
 import reward
+import speed
 from presets import fail
 
 
@@ -325,15 +326,11 @@ def ppo_loss(logp, old_logp, values, old_values, adv, returns, mask, cliprange, 
 
 
 # 10. Training loop. -------------------------------------------------------------------------------
-def bf16_autocast(device, enabled):
-    """--bf16: bfloat16 autocast for the policy's passes; weights and Adam stay float32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    autocast = bf16_autocast(device, args.bf16)
+    speed.keep_freed_memory()  # on a CPU, reuse each update's gradient memory, not page-fault it in anew
+    autocast = speed.bf16_autocast(device, args.bf16)  # --bf16: the policy's passes in bfloat16 on a GPU
     if args.preset == "mini":
         presets.ensure_mini(args.mini_dir)  # built once (about two minutes), then reused
     if args.explain or args.faithfulness:
@@ -359,6 +356,7 @@ def main(argv=None):
 
     texts = presets.load_texts(args.dataset, args.min_chars)
     tok, policy, ref, rm, rm_tok = load_models(args, device)
+    speed.sparse_embedding_grad(policy)  # GPT-2's tied embedding: a gradient for its used rows only
     value_head = ValueHead(policy.config.hidden_size).to(device)
     # Fused Adam: one kernel over all parameters; for GPT-2 124M on a CPU its step is ~5x faster.
     opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)

@@ -2,6 +2,7 @@
 
     python tests/bench_step.py                 # GPT-2 124M-sized policy and RM (random weights), CPU
     python tests/bench_step.py --policy lvwerra/gpt2-imdb --reward_model XanderJC/gpt2-rm-imdb
+    python tests/bench_step.py --layers 2 --width 128 --mini_batch_size 16 --gen_len 16 16
 
 Not collected by pytest. Both schemes run on the same seed, so they see the same prompts and
 lengths at step 0; the order alternates (sparse, abc, sparse, abc, ...) so that drift in the
@@ -22,14 +23,15 @@ import mini  # noqa: E402
 PHASES = ("time_generate", "time_score", "time_optimize")
 
 
-def gpt2_small(root):
-    """Random-weight GPT-2 124M policy and reward model (12 layers, 768 wide, 50257 vocab), saved locally.
-    The tokenizer is the mini one; its ids are a subset of the vocab, and nothing is decoded."""
+def gpt2_small(root, layers=12, width=768):
+    """Random-weight GPT-2 124M policy and reward model (12 layers, 768 wide, 50257 vocab), saved locally,
+    or another depth and width with the same vocabulary. The tokenizer is the mini one; its ids are a
+    subset of the vocab, and nothing is decoded."""
     from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
     texts, _ = mini.read_reviews(mini.CORPUS)
     tok = mini.train_tokenizer(texts)
-    size = dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257)
+    size = dict(n_layer=layers, n_embd=width, n_head=width // 64, n_positions=1024, vocab_size=50257)
     for name, model in (("policy", GPT2LMHeadModel(mini.gpt2_config(tok, **size))),
                         ("reward_model", GPT2ForSequenceClassification(mini.gpt2_config(tok, num_labels=2, **size)))):
         model.save_pretrained(os.path.join(root, name))
@@ -48,17 +50,21 @@ if __name__ == "__main__":
     p.add_argument("--steps", type=int, default=3, help="steps per run, the first dropped as warm-up")
     p.add_argument("--repeats", type=int, default=2, help="runs per scheme, alternating")
     p.add_argument("--mini_batch_size", type=int, default=1)
+    p.add_argument("--layers", type=int, default=12, help="of the random-weight GPT-2 (no --policy)")
+    p.add_argument("--width", type=int, default=768)
+    p.add_argument("--gen_len", nargs=2, default=["8", "16"], help="MIN MAX new tokens; prompts are 2-8, as bench_trl.py")
     p.add_argument("--device", default="cpu")
     a = p.parse_args()
     root = tempfile.mkdtemp()
-    policy, rm, data = (a.policy, a.reward_model, a.dataset) if a.policy else gpt2_small(root)
+    policy, rm, data = (a.policy, a.reward_model, a.dataset) if a.policy else gpt2_small(root, a.layers, a.width)
     times = {"sparse": [], "abc": []}
     for r in range(a.repeats):
         for scheme in times:
             out = os.path.join(root, f"{scheme}{r}")
             abc_ppo.main(["--policy", policy, "--reward_model", rm, "--dataset", data or "stanfordnlp/imdb",
                           "--min_chars", "0" if data else "200", "--reward", scheme, "--steps", str(a.steps),
-                          "--mini_batch_size", str(a.mini_batch_size), "--device", a.device, "--out_dir", out,
+                          "--mini_batch_size", str(a.mini_batch_size), "--prompt_len", "2", "8", "--gen_len", *a.gen_len,
+                          "--device", a.device, "--out_dir", out,
                           "--seed", "0", "--save_every", "1000000"])
             rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][1:]
             times[scheme] += [[row[k] for k in PHASES] for row in rows]

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import abc_ppo
 import presets
+import speed
 
 KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clip_frac",
         "approx_kl", "completion_len", "time_generate", "time_score", "time_optimize"}
@@ -169,6 +170,22 @@ def test_same_seed_repeats_and_resume_continues_exactly(tiny, tmp_path):
     assert without_timings(read_metrics(c)) == without_timings(read_metrics(a))
 
 
+def test_sparse_embedding_gradient_changes_no_result(tiny, tmp_path, monkeypatch):
+    # speed.py gives the tied embedding a sparse gradient, added into the head's dense one; the sums
+    # are the same up to float rounding, so the run is too.
+    seen, real = [], speed.sparse_embedding_grad
+    monkeypatch.setattr(speed, "sparse_embedding_grad", lambda policy: seen.append(real(policy) or
+                                                                                  policy.get_input_embeddings().sparse))
+    abc_ppo.main(tiny_args(tiny, tmp_path / "sparse", "--steps", "3", "--seed", "2"))
+    assert seen == [True]  # the tiny GPT-2 ties its embedding, so the sparse path ran
+    monkeypatch.setattr(speed, "sparse_embedding_grad", lambda policy: None)
+    abc_ppo.main(tiny_args(tiny, tmp_path / "dense", "--steps", "3", "--seed", "2"))
+    sparse, dense = without_timings(read_metrics(tmp_path / "sparse")), without_timings(read_metrics(tmp_path / "dense"))
+    assert [r["step"] for r in sparse] == [0, 1, 2]
+    for a, b in zip(sparse, dense):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
 def test_resume_drops_a_half_written_last_line(tiny, tmp_path):
     # A hard kill mid-write leaves a line without its end; --resume must drop it, not crash on it.
     abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "2", "--save_every", "2", "--log_samples", "2"))
@@ -223,7 +240,7 @@ def test_bf16_checkpoints_load_as_float32(tiny, tmp_path):
 
 def test_bf16_autocast_leaves_the_reward_model_in_float32(tiny, tmp_path, monkeypatch):
     # --bf16 needs CUDA; a CPU bfloat16 autocast in its place runs the same code path.
-    monkeypatch.setattr(abc_ppo, "bf16_autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16))
+    monkeypatch.setattr(speed, "bf16_autocast", lambda device, enabled: torch.autocast("cpu", dtype=torch.bfloat16))
     seen = {"rm": [], "policy": []}
 
     def spy(key, fn):
