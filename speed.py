@@ -1,4 +1,4 @@
-"""Speed: bfloat16 autocast on a GPU, and on a CPU one setting the PPO loop's memory pattern needs.
+"""Speed: bfloat16 autocast on a GPU, and two CPU settings for the PPO update's memory.
 
 Timings and the reasoning behind them: docs/speed.md.
 """
@@ -19,7 +19,7 @@ def keep_freed_memory():
     Every PPO update allocates fresh gradients (0.5 GB for GPT-2 124M; zero_grad sets them to
     None) and frees them before the next one. glibc serves blocks over 32 MB with mmap and unmaps
     them when freed, and gives a freed heap top back too, so each update touched all its gradient
-    pages anew: ~120k page faults, each a kernel zero-fill of 4 KB, about 40% of a GPT-2 124M
+    pages anew: ~120k page faults, each a kernel zero-fill of 4 KB, about half of a GPT-2 124M
     backward on 2 cores. With mmap off and no trimming, the next update reuses the same pages.
     Returns False where libc has no mallopt (macOS, Windows, musl): nothing changes there."""
     try:
