@@ -35,19 +35,18 @@ def first_line(e):
 
 
 def resolve(parser, argv):
-    """Parse argv with the preset's defaults; a flag given on the command line always wins."""
+    """Parse argv, then fill the preset's values into the flags the user did not give."""
     parser.error = fail  # one clear line instead of usage text
     args = parser.parse_args(argv)
     check(args)  # a bad flag fails before a preset is chosen
+    given = flags_given(parser, argv, MINI)
     forced_paper = args.preset == "paper"
     if args.preset == "auto":
-        args.preset = choose_preset(parser, argv)
+        args.preset = choose_preset(parser, given)
     if args.preset == "mini":
-        parser.set_defaults(**{k: v.format(mini_dir=args.mini_dir) if isinstance(v, str) else v
-                               for k, v in MINI.items()})
-        args = parser.parse_args(argv)
-        args.preset = "mini"
-        check(args)
+        for k, v in MINI.items():
+            if k not in given:
+                setattr(args, k, v.format(mini_dir=args.mini_dir) if isinstance(v, str) else v)
     if forced_paper:
         # Without this check an unreachable hub costs about 48 s of retries before the error.
         used = [k for k in HUB if getattr(args, k) == parser.get_default(k)]
@@ -56,6 +55,15 @@ def resolve(parser, argv):
                  f"{', '.join(parser.get_default(k) for k in used)} are in the local cache; run once with the hub, "
                  "pass local --policy, --reward_model and --dataset, or use --preset mini")
     return args
+
+
+def flags_given(parser, argv, keys):
+    """Which of these flags argv sets: parse it again with their defaults at None."""
+    defaults = {k: parser.get_default(k) for k in keys}
+    parser.set_defaults(**dict.fromkeys(keys))
+    named = vars(parser.parse_args(argv))
+    parser.set_defaults(**defaults)
+    return {k for k in keys if named[k] is not None}
 
 
 def check(args):
@@ -85,14 +93,10 @@ def check(args):
         fail("--bf16 needs a CUDA device; CPU runs stay float32")
 
 
-def choose_preset(parser, argv):
+def choose_preset(parser, given):
     """paper when the user names all models and data, the hub answers, or the paper models are
     cached; otherwise mini, said in one line."""
-    defaults = {k: parser.get_default(k) for k in HUB}
-    parser.set_defaults(**dict.fromkeys(HUB))  # so that a flag left out reads None
-    named = parser.parse_args(argv)
-    parser.set_defaults(**defaults)
-    if all(getattr(named, k) for k in HUB) or hub_reachable() or paper_cached(parser, HUB):
+    if set(HUB) <= given or hub_reachable() or paper_cached(parser, HUB):
         return "paper"
     print("abc_ppo.py: the Hugging Face hub is unreachable and the paper's models are not cached, so this run "
           "uses the offline 'mini' preset; for the paper's, run once with the hub or pass --preset paper.",
