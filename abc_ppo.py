@@ -7,10 +7,11 @@ attention a_t from the scoring position over the completion tokens:
 
     r_t = beta * score * a_t + (1 - beta) * score * [t = last] - kl_coef * (log p(y_t) - log p_ref(y_t))
 
-Read top to bottom: arguments, data, models and value head, rollout, policy forward, scoring,
-per-token rewards, GAE, PPO loss, training loop. reward.py holds the schemes. Plumbing lives in
-presets.py (presets, flag checks, loading), retokenize.py (an RM with its own tokenizer),
-checkpoints.py, and credit.py (--explain, samples, credit.html, --faithfulness).
+Read top to bottom: arguments, data, models and value head, rollout, policy forward, GAE, PPO loss,
+one PPO step, training loop. reward.py is the reward side: the RM's score and attention from one
+forward pass, and the schemes that turn them into per-token rewards. Plumbing lives in presets.py
+(presets, flag checks, loading), retokenize.py (an RM with its own tokenizer), checkpoints.py
+(config.json, save, resume) and credit.py (--explain, samples, credit.html, --faithfulness).
 
     python abc_ppo.py --reward abc --beta 0.5
 """
@@ -29,7 +30,6 @@ import checkpoints
 import credit
 import mini
 import presets
-import retokenize
 import reward
 import speed
 from presets import fail
@@ -84,29 +84,39 @@ def parse_args(argv=None):
 
 
 # 2. Data: review openings as prompts. -------------------------------------------------------------
-def sample_prompts(texts, tok, lengths, data_rng):
-    """Random review openings, row b cut to lengths[b] tokens, left-padded for generation.
-    Returns ids [B, P] and prompt_mask [B, P]."""
-    idx = torch.randint(len(texts), (len(lengths),), generator=data_rng).tolist()
+def sample_prompts(texts, tok, B, prompt_len, gen_len, data_rng):
+    """B random review openings, row b cut to a length drawn from prompt_len (MIN..MAX) and
+    left-padded for generation, and each row's completion length drawn from gen_len (MIN..MAX).
+    Returns ids [B, P], prompt_mask [B, P] and completion lengths [B]."""
+    k = torch.randint(prompt_len[0], prompt_len[1] + 1, (B,), generator=data_rng)
+    lengths = torch.randint(gen_len[0], gen_len[1] + 1, (B,), generator=data_rng)
+    idx = torch.randint(len(texts), (B,), generator=data_rng).tolist()
     # 500 characters hold far more than the few tokens a prompt keeps; no need to tokenise a whole review.
-    ids = [tok(texts[i][:500])["input_ids"][:k] for i, k in zip(idx, lengths.tolist())]
+    ids = [tok(texts[i][:500])["input_ids"][:n] for i, n in zip(idx, k.tolist())]
     P = max(len(x) for x in ids)
     # Left padding keeps every prompt's last token at column P-1, where generation continues.
     input_ids = torch.tensor([[tok.pad_token_id] * (P - len(x)) + x for x in ids])
     prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids])
-    return input_ids, prompt_mask
+    return input_ids, prompt_mask, lengths
 
 
 # 3. Models: policy, frozen reference, reward model; then the value head. --------------------------
+class Models(NamedTuple):
+    tok: object  # the policy's tokenizer
+    policy: torch.nn.Module  # the causal LM being trained
+    ref: torch.nn.Module  # a frozen copy of it, the KL reference
+    rm: torch.nn.Module  # the frozen reward model, a sequence classifier
+    rm_tok: object  # the RM's own tokenizer, or None when it shares the policy's
+
+
 def load_models(args, device):
     """The policy, a frozen copy of it as the KL reference, and the frozen reward model, all in eval
-    mode: with dropout on, the PPO ratio would leave 1 on the first update from noise alone.
-    Returns tok, policy, ref, rm, rm_tok (None when the RM shares the policy's tokenizer)."""
+    mode: with dropout on, the PPO ratio would leave 1 on the first update from noise alone."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # keep the terminal for the training bar and one-line errors
-    presets.check_reward_model(args.reward_model)  # a sequence classifier, before minutes of loading
+    presets.check_architectures(args.policy, args.reward_model)  # before minutes of loading
     tok, rm_tok = presets.load_tokenizer(args.policy), presets.load_tokenizer(args.reward_model)
     # Eager attention returns attention weights (SDPA does not): ABC reads the RM's, ABC-D the
     # policy's; the reference uses the policy's kernel, so at step 0 log p - log p_ref is exactly 0.
@@ -117,12 +127,12 @@ def load_models(args, device):
     ref = presets.load("policy", AutoModelForCausalLM, args.policy, **kw).to(device).eval().requires_grad_(False)
     rm = presets.load("reward model", AutoModelForSequenceClassification, args.reward_model,
                       attn_implementation="eager", dtype=torch.float32).to(device).eval().requires_grad_(False)
-    if args.reward == "red" and not is_decoder(rm):
+    if args.reward == "red" and not reward.is_decoder(rm):
         fail("--reward red needs a decoder reward model, which scores every prefix; this one is an encoder")
-    if rm_tok.get_vocab() == tok.get_vocab() and is_decoder(rm):
+    if rm_tok.get_vocab() == tok.get_vocab() and reward.is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
     presets.check_models(args, policy, rm, rm_tok)
-    return tok, policy, ref, rm, rm_tok
+    return Models(tok, policy, ref, rm, rm_tok)
 
 
 class ValueHead(torch.nn.Linear):
@@ -159,11 +169,6 @@ def rollout(policy, tok, prompt_ids, prompt_mask, lengths):
 
 
 # 5. Policy forward: log-probs, values and entropy of the completion tokens. -----------------------
-def positions(mask):
-    """Position ids that ignore padding, so a left-padded row is read as if unpadded: [B, L]."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 class PolicyOutput(NamedTuple):
     logp: torch.Tensor  # [B, G] log pi(y_t | x, y_<t)
     values: torch.Tensor  # [B, G] V(x, y_<t), or None without a value head
@@ -174,9 +179,8 @@ class PolicyOutput(NamedTuple):
 def forward(policy, value_head, seq, attn_mask, P, attention=False):
     """One pass of the policy over prompt + completion. The vocabulary head runs only on the G
     positions that predict completion tokens. With attention=True (ABC-D) also the last-layer
-    attention, averaged over heads, A[q, j] from completion token q to token j; causal attention
-    makes it equal to the attention the policy paid while generating."""
-    out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
+    attention among the completion tokens (reward.completion_attention)."""
+    out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=reward.positions(attn_mask),
                             output_attentions=attention)
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
     # Both heads run in float32, also under --bf16, so old and new log-probs agree to float
@@ -189,82 +193,11 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
     with torch.no_grad():
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-    att = out.attentions[-1][:, :, P:, P:].mean(1).float() if attention else None
+    att = reward.completion_attention(out.attentions, P) if attention else None
     return PolicyOutput(logp, values, entropy, att)
 
 
-# 6. Scoring: one RM forward gives the score, ABC's attention and RED's prefix scores. -------------
-def is_decoder(rm):
-    """Decoder classifiers (GPT-2, Llama, ...) put a `score` head on every position and read the
-    last token; encoder classifiers (BERT, DistilBERT, ...) read position 0."""
-    return getattr(rm, "score", None) is not None
-
-
-def last_index(attn_mask):
-    """Index of each row's last real token, found from the mask, not from pad ids (GPT-2 pads
-    with EOS): [B, L] -> [B]."""
-    return (attn_mask * torch.arange(attn_mask.shape[1], device=attn_mask.device)).argmax(1)
-
-
-def attention_row(attentions, i):
-    """Row i[b] of the attention map [B, heads, L, L], averaged over heads: [B, L]."""
-    return attentions[torch.arange(len(i), device=i.device), :, i].mean(1).float()
-
-
-def logit_score(logits):
-    """The paper's score: logit_1 - logit_0 for two labels, the single logit for one: [..., C] -> [...]."""
-    logits = logits.float()
-    return logits[..., 1] - logits[..., 0] if logits.shape[-1] == 2 else logits[..., 0]
-
-
-@torch.no_grad()
-def score(rm, seq, attn_mask):
-    """Score each row at its last real token i and return that token's attention row.
-        score = logit_1 - logit_0, read at i
-        attention_j = mean over heads of the last layer's softmax(q_i . k_j / sqrt(d))
-    Works under left or right padding and with an EOS inside the completion. The score head also
-    runs at every position, which costs nothing and gives RED its prefix scores.
-    Returns score [B], attention [B, L] and prefix scores [B, L]."""
-    out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
-                        output_attentions=True)
-    scores = logit_score(rm.score(out.last_hidden_state))  # [B, L]
-    last = last_index(attn_mask)
-    return scores[torch.arange(len(last)), last], attention_row(out.attentions[-1], last), scores
-
-
-def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
-    """Score, RM attention over the completion [B, G] and RED prefix scores [B, G+1]: directly
-    when the tokenizers match, through retokenize.py (which drops EOS) when they do not.
-    With score_eos = 0 a final EOS stays the policy's action but the RM scores the text before it."""
-    if rm_tok is not None:
-        return retokenize.score_retokenized(rm, rm_tok, tok, seq, prompt_mask, comp_mask)
-    P = prompt_mask.shape[1]
-    rm_mask = comp_mask if score_eos else comp_mask * (seq[:, P:] != tok.eos_token_id)  # [B, G]
-    s, attention, scores = score(rm, seq, torch.cat([prompt_mask, rm_mask], 1))
-    prefix = scores[:, P - 1:]  # [B, G+1]
-    # An EOS the RM does not read adds nothing to RED: its prefix score is the one before it.
-    hidden = (comp_mask - rm_mask).bool()
-    prefix = torch.cat([prefix[:, :1], torch.where(hidden, prefix[:, :-1], prefix[:, 1:])], 1)
-    return s, attention[:, P:] * rm_mask, prefix
-
-
-# 7. Per-token rewards: the only lines where the schemes' rewards differ (see reward.py). ----------
-def per_token_rewards(scheme, beta, rm_score, mask, attention, prefix_scores, policy_attention):
-    """The RM's credit r_t for each completion token [B, G], before the KL penalty."""
-    if scheme == "sparse":
-        return reward.sparse(rm_score, mask)  # all on the last token
-    if scheme == "uniform":
-        return reward.uniform(rm_score, mask)  # score / n on each token
-    if scheme == "abc":
-        return reward.abc(rm_score, attention, mask, beta)  # by the RM's attention
-    if scheme == "red":
-        return reward.red(prefix_scores, mask)  # s_t - s_{t-1}
-    if scheme == "abcd":
-        return reward.abcd(rm_score, policy_attention, mask, beta)  # by the policy's attention
-    raise ValueError(f"unknown reward scheme {scheme!r}")
-
-
-# 8. Advantages: GAE over the completion tokens, whitening, and the adaptive KL coefficient. -------
+# 6. Advantages: GAE over the completion tokens, whitening, and the adaptive KL coefficient. -------
 def gae(rewards, values, mask, gamma, lam):
     """Generalised advantage estimation, with V = 0 after the last real token:
         delta_t = r_t + gamma * V_{t+1} - V_t
@@ -288,11 +221,20 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum()
 
 
+def masked_var(x, mask):
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
 def whiten(x, mask):
     """(x - mean) / std over the real tokens of the batch."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + 1e-8) * mask
+
+
+def explained_variance(returns, values, mask):
+    """How much of the value targets the critic already predicts, over the batch's real tokens:
+        EV = 1 - Var(R - V) / Var(R)
+    1 is a perfect critic, 0 no better than a constant, below 0 worse than one."""
+    return (1 - masked_var(returns - values, mask) / masked_var(returns, mask)).item()
 
 
 class AdaptiveKL:
@@ -306,7 +248,7 @@ class AdaptiveKL:
         self.value *= 1 + error * n / self.horizon
 
 
-# 9. PPO loss: clipped policy objective plus clipped value loss. -----------------------------------
+# 7. PPO loss: clipped policy objective plus clipped value loss. -----------------------------------
 def ppo_loss(logp, old_logp, values, old_values, adv, returns, mask, cliprange, cliprange_value, vf_coef):
     """With ratio_t = exp(log pi(y_t) - log pi_old(y_t)), averaged over real tokens:
         L_pi = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))
@@ -316,16 +258,73 @@ def ppo_loss(logp, old_logp, values, old_values, adv, returns, mask, cliprange, 
     ratio = torch.exp(logp - old_logp)
     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cliprange, 1 + cliprange))
     v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
-    vf = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
-    pg_loss, vf_loss = masked_mean(pg, mask), masked_mean(vf, mask)
+    vf_plain, vf_clip = (values - returns) ** 2, (v_clipped - returns) ** 2
+    pg_loss, vf_loss = masked_mean(pg, mask), masked_mean(0.5 * torch.max(vf_plain, vf_clip), mask)
     with torch.no_grad():
         stats = dict(policy_loss=pg_loss.item(), value_loss=vf_loss.item(),
                      clip_frac=masked_mean(((ratio - 1).abs() > cliprange).float(), mask).item(),
+                     value_clip_frac=masked_mean((vf_clip > vf_plain).float(), mask).item(),
                      approx_kl=masked_mean(0.5 * (logp - old_logp) ** 2, mask).item())
     return pg_loss + vf_coef * vf_loss, stats
 
 
-# 10. Training loop. -------------------------------------------------------------------------------
+# 8. One PPO step: score the rollouts, then update on them. ---------------------------------------
+class Experience(NamedTuple):
+    """One step's rollouts and what the update needs from them."""
+    seq: torch.Tensor  # [B, P+G] prompt + completion
+    prompt_mask: torch.Tensor  # [B, P]
+    comp_mask: torch.Tensor  # [B, G]
+    old: PolicyOutput  # log pi_old and V_old: the policy that sampled
+    rm_score: torch.Tensor  # [B] the RM's score
+    rm_credit: torch.Tensor  # [B, G] the scheme's credit, before the KL penalty
+    kl: torch.Tensor  # [B, G] per-token KL estimate log pi_old - log pi_ref
+    rewards: torch.Tensor  # [B, G] rm_credit - kl_coef * kl
+    adv: torch.Tensor  # [B, G] GAE advantages, whitened
+    returns: torch.Tensor  # [B, G] value targets
+
+
+@torch.no_grad()
+def experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast):
+    """Everything PPO needs from a batch of rollouts: the RM's score and its per-token credit,
+    the old and reference log-probs, the rewards r_t = credit_t - kl_coef * KL_t, and GAE."""
+    P, mask = prompt_mask.shape[1], comp_mask.float()
+    attn_mask = torch.cat([prompt_mask, comp_mask], 1)  # [B, P+G]
+    # Outside autocast: the RM scores in float32, as the paper's authors did, so --bf16
+    # rounds neither the score nor the attention that becomes the reward.
+    rm_score, attention, prefix_scores = reward.score_completions(m.rm, m.rm_tok, m.tok, seq, prompt_mask, comp_mask,
+                                                                 args.score_eos)  # [B], [B, G], [B, G+1]
+    with autocast:
+        old = forward(m.policy, value_head, seq, attn_mask, P, attention=args.reward == "abcd")
+        ref_logp = forward(m.ref, None, seq, attn_mask, P).logp  # [B, G]
+    kl = (old.logp - ref_logp) * mask  # [B, G]
+    rm_credit = reward.per_token_rewards(args.reward, args.beta, score=rm_score, mask=mask, attention=attention,
+                                         prefix_scores=prefix_scores, policy_attention=old.attention)  # [B, G]
+    rewards = rm_credit - kl_coef * kl
+    adv, returns = gae(rewards, old.values, mask, args.gamma, args.lam)
+    return Experience(seq, prompt_mask, comp_mask, old, rm_score, rm_credit, kl, rewards, whiten(adv, mask), returns)
+
+
+def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
+    """ppo_epochs passes over the batch in shuffled mini-batches, one Adam step each. Returns the
+    statistics of ppo_loss and the entropy, averaged over the updates."""
+    P, mask = exp.prompt_mask.shape[1], exp.comp_mask.float()
+    attn_mask = torch.cat([exp.prompt_mask, exp.comp_mask], 1)
+    stats = []
+    for _ in range(args.ppo_epochs):
+        for idx in torch.randperm(len(exp.seq), generator=data_rng).split(args.mini_batch_size):
+            idx = idx.to(exp.seq.device)
+            with autocast:
+                new = forward(policy, value_head, exp.seq[idx], attn_mask[idx], P)
+                loss, s = ppo_loss(new.logp, exp.old.logp[idx], new.values, exp.old.values[idx], exp.adv[idx],
+                                   exp.returns[idx], mask[idx], args.cliprange, args.cliprange_value, args.vf_coef)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            stats.append(s | dict(entropy=masked_mean(new.entropy, mask[idx]).item()))
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+
+# 9. Training loop. --------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -340,9 +339,10 @@ def main(argv=None):
         texts = presets.load_texts(args.dataset, args.min_chars)
         return credit.faithfulness_report(args, texts, tok, policy, rm, rm_tok)
 
-    # Fail on an unwritable output folder before spending minutes on loading.
+    # Fail on an unwritable output folder, or a resumed run with other flags, before minutes of loading.
     try:
         os.makedirs(args.out_dir, exist_ok=True)
+        checkpoints.write_config(args)  # config.json: every flag, library versions, git commit
         mode = "a" if args.resume else "w"
         metrics_file = open(os.path.join(args.out_dir, "metrics.jsonl"), mode)
         samples_file = open(os.path.join(args.out_dir, "samples.jsonl"), mode) if args.log_samples else None
@@ -355,88 +355,59 @@ def main(argv=None):
     data_rng = torch.Generator().manual_seed(args.seed)  # prompts, lengths and mini-batch order
 
     texts = presets.load_texts(args.dataset, args.min_chars)
-    tok, policy, ref, rm, rm_tok = load_models(args, device)
-    speed.sparse_embedding_grad(policy)  # GPT-2's tied embedding: a gradient for its used rows only
-    value_head = ValueHead(policy.config.hidden_size).to(device)
+    m = load_models(args, device)
+    speed.sparse_embedding_grad(m.policy)  # GPT-2's tied embedding: a gradient for its used rows only
+    value_head = ValueHead(m.policy.config.hidden_size).to(device)
     # Fused Adam: one kernel over all parameters; for GPT-2 124M on a CPU its step is ~5x faster.
-    opt = torch.optim.Adam(list(policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
+    opt = torch.optim.Adam(list(m.policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
     kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
     start = 0
     if args.resume:
         logs = [metrics_file, samples_file]
-        start = checkpoints.resume(args.out_dir, logs, policy, value_head, opt, kl_ctl, data_rng)
+        start = checkpoints.resume(args.out_dir, logs, m.policy, value_head, opt, kl_ctl, data_rng)
 
     # The masks, 1 on real tokens and 0 on padding:
     #   prompt_mask [B, P]    the prompt, left-padded to the longest prompt P
     #   comp_mask   [B, G]    the completion: its tokens up to its first EOS or length limit,
     #                         the policy's actions; `mask` is its float copy, which weights the sums
     #   attn_mask   [B, P+G]  both together, for every forward pass over the sequence
-    #   rm_mask     [B, G]    comp_mask less a final EOS the RM does not read (score_completions)
-    B, mb = args.batch_size, args.mini_batch_size
+    #   rm_mask     [B, G]    comp_mask less a final EOS the RM does not read (reward.score_completions)
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)
     for step in bar:
         # --- Rollout: prompts -> sampled completions -------------------------------------
         t0 = time.perf_counter()
-        prompt_len = torch.randint(args.prompt_len[0], args.prompt_len[1] + 1, (B,), generator=data_rng)
-        gen_len = torch.randint(args.gen_len[0], args.gen_len[1] + 1, (B,), generator=data_rng)
-        prompt_ids, prompt_mask = sample_prompts(texts, tok, prompt_len, data_rng)
-        prompt_ids, prompt_mask, gen_len = prompt_ids.to(device), prompt_mask.to(device), gen_len.to(device)
+        prompt_ids, prompt_mask, gen_len = (x.to(device) for x in sample_prompts(
+            texts, m.tok, args.batch_size, args.prompt_len, args.gen_len, data_rng))
         with autocast:
-            seq, comp_mask = rollout(policy, tok, prompt_ids, prompt_mask, gen_len)  # [B, P+G], [B, G]
-        P = prompt_ids.shape[1]
-        attn_mask = torch.cat([prompt_mask, comp_mask], 1)  # [B, P+G]
-        mask = comp_mask.float()
+            seq, comp_mask = rollout(m.policy, m.tok, prompt_ids, prompt_mask, gen_len)  # [B, P+G], [B, G]
         t1 = time.perf_counter()
 
-        # --- Scoring: RM score and attention, old and reference log-probs ---------------
-        # Outside autocast: the RM scores in float32, as the paper's authors did, so --bf16
-        # rounds neither the score nor the attention that becomes the reward.
-        rm_score, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask,
-                                                              args.score_eos)  # [B], [B, G], [B, G+1]
-        with torch.no_grad(), autocast:
-            old = forward(policy, value_head, seq, attn_mask, P, attention=args.reward == "abcd")
-            ref_logp = forward(ref, None, seq, attn_mask, P).logp  # [B, G]
-        kl = (old.logp - ref_logp) * mask  # [B, G] per-token KL estimate
+        # --- Scoring: RM score and credit, old and reference log-probs, rewards, GAE -----
         kl_coef = kl_ctl.value
-        rm_credit = per_token_rewards(args.reward, args.beta, rm_score=rm_score, mask=mask, attention=attention,
-                                      prefix_scores=prefix_scores, policy_attention=old.attention)  # [B, G]
-        rewards = rm_credit - kl_coef * kl
-        adv, returns = gae(rewards, old.values, mask, args.gamma, args.lam)
-        adv = whiten(adv, mask)
+        exp = experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast)
         t2 = time.perf_counter()
 
         # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
-        stats, entropies = [], []
-        for _ in range(args.ppo_epochs):
-            for idx in torch.randperm(B, generator=data_rng).split(mb):
-                idx = idx.to(device)
-                with autocast:
-                    new = forward(policy, value_head, seq[idx], attn_mask[idx], P)
-                    loss, s = ppo_loss(new.logp, old.logp[idx], new.values, old.values[idx], adv[idx], returns[idx],
-                                       mask[idx], args.cliprange, args.cliprange_value, args.vf_coef)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                stats.append(s)
-                entropies.append(masked_mean(new.entropy, mask[idx]).item())
-        mean_kl = kl.sum(1).mean().item()
-        kl_ctl.update(mean_kl, B)
+        stats = ppo_update(args, m.policy, value_head, opt, exp, data_rng, autocast)
+        mean_kl = exp.kl.sum(1).mean().item()
+        kl_ctl.update(mean_kl, args.batch_size)
         t3 = time.perf_counter()
 
         # --- Logging: one JSON line per step, flushed at once ---------------------------
-        row = dict(step=step, reward_mean=rm_score.mean().item(), reward_std=rm_score.std().item() if B > 1 else 0.0,
-                   kl=mean_kl, kl_coef=kl_coef,
-                   **{k: sum(s[k] for s in stats) / len(stats) for k in stats[0]},
-                   entropy=sum(entropies) / len(entropies), completion_len=mask.sum(1).mean().item(),
+        mask = comp_mask.float()
+        row = dict(step=step, reward_mean=exp.rm_score.mean().item(),
+                   reward_std=exp.rm_score.std().item() if args.batch_size > 1 else 0.0, kl=mean_kl, kl_coef=kl_coef,
+                   **stats, explained_variance=explained_variance(exp.returns, exp.old.values, mask),
+                   completion_len=mask.sum(1).mean().item(),
                    time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
         if samples_file:
-            credit.write_samples(samples_file, step, tok, seq, prompt_mask, comp_mask, rm_score, rm_credit,
+            credit.write_samples(samples_file, step, m.tok, seq, prompt_mask, comp_mask, exp.rm_score, exp.rm_credit,
                                  args.log_samples)
         bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            checkpoints.save(args.out_dir, step, policy, tok, value_head, opt, kl_ctl, data_rng)
+            checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng)
     metrics_file.close()
     if samples_file:
         samples_file.close()

@@ -1,16 +1,57 @@
-"""Checkpoints: everything needed to continue a run exactly where it stopped.
+"""A run's record: its config, and checkpoints with everything needed to continue it exactly.
 
+<out_dir>/config.json holds every resolved flag, the library versions and the git commit.
 <out_dir>/checkpoint holds the policy and tokenizer (save_pretrained) and trainer_state.pt:
 the value head, Adam's state, the KL coefficient and every random generator's state.
 """
 import json
 import os
 import random
+import platform
 import shutil
+import subprocess
 
 import torch
 
 from presets import fail, first_line
+
+
+# Flags that only extend or place a run. Any other flag changes the experiment, so --resume refuses it.
+PLACE = {"steps", "out_dir", "resume", "save_every", "log_samples", "device", "mini_dir"}
+
+
+def write_config(args):
+    """Write <out_dir>/config.json. With --resume, first compare the flags with the run's own
+    config.json and stop, with one line, at one that changes the experiment."""
+    path = os.path.join(args.out_dir, "config.json")
+    flags = vars(args)
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)["flags"]
+        for k, v in flags.items():
+            if k not in PLACE and k in before and before[k] != v:
+                fail(f"--resume: --{k} is {v} here but {before[k]} in {path}, a different experiment; "
+                     f"resume with the run's own flags or start a new --out_dir")
+    import datasets
+    import transformers
+
+    versions = dict(python=platform.python_version(), torch=torch.__version__,
+                    transformers=transformers.__version__, datasets=datasets.__version__)
+    with open(path, "w") as f:
+        json.dump(dict(flags=flags, versions=versions, git=git_commit()), f, indent=1)
+
+
+def git_commit():
+    """The commit of the code that runs, with '-dirty' if it has uncommitted changes; None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        return head.stdout.strip() + ("-dirty" if run("status", "--porcelain", "--untracked-files=no").stdout else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def save(out_dir, step, policy, tok, value_head, opt, kl_ctl, data_rng):

@@ -17,8 +17,6 @@ with e over the completion tokens of each text:
 Uniform credit has no ranking; its top-1 is chance, mean(1 / n). Occlusion is itself only an
 approximation of "what earned the score": deleting a token also shifts every later position and
 leaves text the reward model never saw in training.
-
-abc_ppo.py imports this module, so what it needs from abc_ppo.py is imported inside its functions.
 """
 import html
 import json
@@ -28,7 +26,8 @@ import sys
 import torch
 
 from presets import fail
-from reward import REWARDS, abcd, red
+from reward import (REWARDS, abcd, attention_row, completion_attention, is_decoder, last_index, logit_score,
+                    per_token_rewards, positions, red, score_completions)
 
 
 @torch.no_grad()
@@ -36,19 +35,22 @@ def rm_pass(rm, ids, mask):
     """One reward-model pass over right-padded rows. Returns the score read at every position [B, L]
     (the score is the one at the last real token), and the attention row of that last token in
     every layer, averaged over heads: [layers, B, L]."""
-    from abc_ppo import attention_row, last_index, logit_score, positions
-
     out = rm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_attentions=True)
     last = last_index(mask)
     return logit_score(rm.score(out.last_hidden_state)), torch.stack([attention_row(a, last) for a in out.attentions])
 
 
 @torch.no_grad()
+def policy_attention(policy, ids, mask, P):
+    """ABC-D's signal for rows whose completion starts at column P: [B, G, G] (reward.completion_attention)."""
+    out = policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_attentions=True)
+    return completion_attention(out.attentions, P)
+
+
+@torch.no_grad()
 def occlusion(rm, ids, mask, k, chunk=512):
     """e[b, t] = |s(row b) - s(row b without completion token t)|, for the tokens after the first k: [B, G].
     Every deletion of every row is scored in batches of `chunk` rows."""
-    from abc_ppo import last_index
-
     B, L = ids.shape
     G = L - k
     j = torch.arange(L - 1)
@@ -104,8 +106,6 @@ def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
     """{scheme: (mean rank correlation, top-1 agreement)} against occlusion, for sparse, uniform,
     abc with each layer's attention, red, and abcd when a policy sharing `tok` is given.
     Both models must run with eager attention (SDPA returns no weights)."""
-    from abc_ppo import forward
-
     device = next(rm.parameters()).device
     ids, mask = (x.to(device) for x in encode(tok, texts, k, max_len))
     comp = mask[:, k:].float()  # [N, G] completion tokens
@@ -116,8 +116,7 @@ def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
     credit |= {f"abc, layer {i}" + (" (last)" if i == len(att) - 1 else ""): a[:, k:] * comp for i, a in enumerate(att)}
     credit["red"] = red(scores[:, k - 1:], comp).abs()  # [N, G+1] prefix scores -> |s_t - s_{t-1}|
     if policy is not None:
-        A = forward(policy, None, ids, mask, k, attention=True).attention  # [N, G, G]
-        credit["abcd"] = abcd(torch.ones(len(ids), device=device), A, comp, 1.0)
+        credit["abcd"] = abcd(torch.ones(len(ids), device=device), policy_attention(policy, ids, mask, k), comp, 1.0)
     truth = top1(e, comp)
     table = {"uniform (chance)": (None, (1 / n).mean().item())}  # no ranking to correlate
     for name, c in credit.items():
@@ -140,8 +139,6 @@ def faithfulness_report(args, texts, tok, policy, rm, rm_tok):
     """abc_ppo.py --faithfulness N: the table for the first N texts of --dataset, with the prompt the
     middle of --prompt_len and the completion up to the longest --gen_len. abcd needs the policy to
     share the reward model's tokenizer (rm_tok is None then)."""
-    from abc_ppo import is_decoder
-
     if not is_decoder(rm):
         fail("--faithfulness needs a decoder reward model (GPT-2 style), which reads the score at the last token")
     try:
@@ -168,8 +165,6 @@ def colour(text, value, top, enabled):
 def explain(args, tok, policy, rm, rm_tok, device):
     """Print the reward each scheme gives each completion token of --explain TEXT, where the
     first --prompt_len tokens are the prompt. No KL term: this is the RM's credit alone."""
-    from abc_ppo import forward, per_token_rewards, score_completions
-
     ids = tok(args.explain)["input_ids"]
     k = args.prompt_len[0]
     if len(ids) <= k:
@@ -177,10 +172,9 @@ def explain(args, tok, policy, rm, rm_tok, device):
     seq = torch.tensor([ids], device=device)
     prompt_mask, comp_mask = torch.ones(1, k, dtype=torch.long, device=device), torch.ones_like(seq[:, k:])
     s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, args.score_eos)
-    policy_attention = forward(policy, None, seq, torch.ones_like(seq), k, attention=True).attention
     names = [n for n in REWARDS if not (n == "red" and prefix_scores is None)]  # red needs a decoder RM
-    signals = dict(rm_score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix_scores,
-                   policy_attention=policy_attention)
+    signals = dict(score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix_scores,
+                   policy_attention=policy_attention(policy, seq, torch.ones_like(seq), k))
     cols = {n: per_token_rewards(n, args.beta, **signals)[0].tolist() for n in names}
     heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd") else n for n in names]
     top = max(abs(v) for c in cols.values() for v in c)
@@ -195,14 +189,15 @@ def explain(args, tok, policy, rm, rm_tok, device):
 
 
 def write_samples(f, step, tok, seq, prompt_mask, comp_mask, rm_score, credit, n):
-    """Append n completions of this step with the credit the scheme gave each token."""
+    """Append n completions of this step with the credit the scheme gave each token, and the token
+    ids, so that a sample can be scored again exactly."""
     P = prompt_mask.shape[1]
     for b in range(n):
         m = int(comp_mask[b].sum())
-        f.write(json.dumps(dict(step=step, score=round(rm_score[b].item(), 4),
-                                prompt=tok.decode(seq[b, :P][prompt_mask[b].bool()]),
-                                tokens=[tok.decode([t]) for t in seq[b, P:P + m].tolist()],
-                                credit=[round(c, 4) for c in credit[b, :m].tolist()])) + "\n")
+        prompt, ids = seq[b, :P][prompt_mask[b].bool()].tolist(), seq[b, P:P + m].tolist()
+        f.write(json.dumps(dict(step=step, score=round(rm_score[b].item(), 4), prompt=tok.decode(prompt),
+                                tokens=[tok.decode([t]) for t in ids], credit=[round(c, 4) for c in credit[b, :m].tolist()],
+                                prompt_ids=prompt, token_ids=ids)) + "\n")
     f.flush()
 
 

@@ -2,7 +2,8 @@
 
     python plot.py OUT [--order sparse uniform abc]
 
-Writes OUT/reward.png, OUT/kl.png and OUT/results.md.
+Writes OUT/reward.png, OUT/kl.png and OUT/results.md. A run's scheme and beta come from the
+config.json that abc_ppo.py writes beside its metrics, where there is one.
 """
 import argparse
 import glob
@@ -41,9 +42,30 @@ def read_metrics(path):
     return {k: np.array([by_step[s][k] for s in sorted(by_step)]) for k in KEYS}
 
 
+def read_config(metrics_path):
+    """(reward, beta) of a run from the config.json beside its metrics, or None without one."""
+    path = os.path.join(os.path.dirname(metrics_path), "config.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        flags = json.load(open(path))["flags"]
+        return flags["reward"], float(flags["beta"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"plot.py: {path}: not a run config ({type(e).__name__}: {e})")
+
+
+def label(scheme, seeds):
+    """The name a scheme's runs are shown by: its folder, with beta where the scheme uses it."""
+    configs = {r["config"] for r in seeds} - {None}
+    if len(configs) > 1:
+        raise SystemExit(f"plot.py: the runs in {scheme}/ differ in --reward or --beta: {sorted(configs)}")
+    reward, beta = configs.pop() if configs else (None, None)
+    return f"{scheme} (β {beta:g})" if reward in ("abc", "abcd") else scheme
+
+
 def load_runs(out):
-    """OUT -> {scheme: [run, ...]} (one run per seed, sorted by seed, its number in run["seed"]), each run cut
-    to the steps common to all seeds."""
+    """OUT -> {scheme: [run, ...]} (one run per seed, sorted by seed, its number in run["seed"], its
+    (reward, beta) in run["config"]), each run cut to the steps common to all seeds."""
     if not os.path.isdir(out):
         raise SystemExit(f"plot.py: {out} is not a readable directory")
     runs = {}
@@ -51,7 +73,7 @@ def load_runs(out):
         m = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.dirname(path)))
         if m:
             scheme = os.path.basename(os.path.dirname(os.path.dirname(path)))
-            runs.setdefault(scheme, []).append((int(m.group(1)), read_metrics(path)))
+            runs.setdefault(scheme, []).append((int(m.group(1)), read_metrics(path) | dict(config=read_config(path))))
     if not runs:
         raise SystemExit(f"plot.py: no metrics files found under {out}/<reward>/seed<k>/metrics.jsonl")
     for scheme, seeds in runs.items():
@@ -59,7 +81,8 @@ def load_runs(out):
         common = set.intersection(*(set(r["step"].tolist()) for _, r in seeds))
         if not common:
             raise SystemExit(f"plot.py: seeds of {scheme} share no steps")
-        runs[scheme] = [{k: v[np.isin(r["step"], list(common))] for k, v in r.items()} | dict(seed=i) for i, r in seeds]
+        runs[scheme] = [{k: v[np.isin(r["step"], list(common))] for k, v in r.items() if k in KEYS}
+                        | dict(seed=i, config=r["config"]) for i, r in seeds]
     return runs
 
 
@@ -99,7 +122,7 @@ def summarise(runs, order=None, upto=100, last=10):
         d = np.array([m - sparse_early[i] for i, m in by_seed.items() if i in sparse_early]) \
             if sparse_early is not None and scheme != "sparse" else np.array([])
         rows.append(dict(
-            scheme=scheme, seeds=n, early_upto=int(steps[steps <= upto].max()),
+            scheme=scheme, label=label(scheme, seeds), seeds=n, early_upto=int(steps[steps <= upto].max()),
             early_mean=early.mean(), early_2se=mean_2se(early)[1],
             vs_sparse=(*mean_2se(d), int((d > 0).sum()), len(d)) if len(d) else None,
             final=np.mean([r["reward_mean"][-last:].mean() for r in seeds]),
@@ -126,7 +149,7 @@ def write_table(rows, path, n_files=None):
         note = f" (steps 0-{r['early_upto']})" if r["early_upto"] != hi else ""
         fb = "-" if r["first_best"] is None else r["first_best"]
         vs = "-" if r["vs_sparse"] is None else "{:+.2f} ± {:.2f} ({}/{})".format(*r["vs_sparse"])
-        lines.append(f"| {r['scheme']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} | {vs} "
+        lines.append(f"| {r['label']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} | {vs} "
                      f"| {r['final']:.2f} | {r['final_kl']:.2f} | {fb} | {r['kl_neg']} | {r['completion_len']:.1f} "
                      f"| {r['sec_per_step']:.2f} |")
     lines += ["", f"Columns: reward = reward_mean per step; mean over steps 0-{hi} per seed, then mean ± 2 s.e. over seeds; "
@@ -149,7 +172,7 @@ def _curves(ax, runs, order, key, band=False):
         ys = np.array([r[key] for r in seeds])
         for y in ys:
             ax.plot(steps, y, color=color, lw=0.8, alpha=0.35)
-        ax.plot(steps, ys.mean(0), color=color, lw=2.2, label=f"{scheme} (n={len(seeds)})")
+        ax.plot(steps, ys.mean(0), color=color, lw=2.2, label=f"{label(scheme, seeds)} (n={len(seeds)})")
         if band:
             ax.fill_between(steps, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=color, alpha=0.15)
 
@@ -172,7 +195,7 @@ def plot_kl(runs, path, order=None):
     for c, scheme in enumerate(order_schemes(runs, order)):
         for i, r in enumerate(runs[scheme]):
             b.plot(r["kl"], r["reward_mean"], "o", color=f"C{c % 10}", ms=3, alpha=0.5,
-                   label=scheme if i == 0 else None)
+                   label=label(scheme, runs[scheme]) if i == 0 else None)
     b.axvline(0, color="k", ls="--", lw=1)
     b.set(xlabel="KL(policy || ref)", ylabel="reward", title="Reward vs KL"), b.legend(), b.grid(alpha=0.3)
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)

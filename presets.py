@@ -68,8 +68,16 @@ def flags_given(parser, argv, keys):
 
 def check(args):
     """Flag values that cannot work, caught before anything is loaded."""
-    if not 0.0 <= args.beta <= 1.0:
-        fail(f"--beta must be in [0, 1], got {args.beta}")
+    # Written as "not (in range)" so that nan fails too.
+    for name in ("beta", "gamma", "lam"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            fail(f"--{name} must be in [0, 1], got {getattr(args, name)}")
+    for name in ("lr", "cliprange", "cliprange_value"):
+        if not getattr(args, name) > 0:
+            fail(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("init_kl_coef", "vf_coef"):  # 0 turns the KL penalty or the value loss off
+        if not getattr(args, name) >= 0:
+            fail(f"--{name} must be >= 0, got {getattr(args, name)}")
     if len(args.prompt_len) == 1:
         args.prompt_len = args.prompt_len * 2  # one value: a fixed prompt length
     for name, pair in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
@@ -155,13 +163,19 @@ def load_tokenizer(name):
     return tok
 
 
-def check_reward_model(name):
-    """From its config alone: the reward model must be a sequence classifier."""
+def check_architectures(policy, reward_model):
+    """From the configs alone, before minutes of loading: the policy must be a causal LM and the
+    reward model a sequence classifier. Otherwise from_pretrained loads either silently, with
+    freshly initialised heads. A config that names no architectures is given the benefit of the doubt."""
     from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    cfg = load("reward model", AutoConfig, name)
-    if not any(a.endswith("ForSequenceClassification") for a in (cfg.architectures or [])):
-        fail(f"--reward_model '{name}' is not a sequence classifier (architectures: {cfg.architectures})")
+    cfg = load("policy", AutoConfig, policy)
+    if cfg.architectures and not set(cfg.architectures) & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        fail(f"--policy '{policy}' is not a causal language model (architectures: {cfg.architectures})")
+    cfg = load("reward model", AutoConfig, reward_model)
+    if cfg.architectures and not any(a.endswith("ForSequenceClassification") for a in cfg.architectures):
+        fail(f"--reward_model '{reward_model}' is not a sequence classifier (architectures: {cfg.architectures})")
 
 
 def load_texts(name, min_chars):

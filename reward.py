@@ -1,14 +1,93 @@
-"""Reward schemes: turn one reward-model score per completion into per-token rewards.
+"""The reward side of RLHF: what the reward model (RM) says about a completion, and the schemes
+that turn its one score into per-token rewards.
 
-Every function is pure tensor code and returns float rewards r of shape [B, T] with
+One RM forward pass gives everything every scheme needs (`score`, `score_completions`): the score,
+read at the last real token; that token's last-layer attention over the completion (ABC); and the
+score read at every prefix (RED). The schemes then return float rewards r [B, T] with
     r[b, t] = 0 where mask[b, t] = 0,   and   sum_t r[b, t] = score[b]   (red: score[b] - s_0[b]).
-`mask` is 1 on real completion tokens and 0 on padding or on anything after the end
-of the completion. Each function takes only the signals it needs (score, mask, attention,
-beta, prefix_scores, policy_attention); abc_ppo.per_token_rewards calls the chosen one.
+`mask` is 1 on real completion tokens and 0 on padding or on anything after the end of the
+completion. `per_token_rewards` picks the scheme that --reward names.
 """
 import torch
 
+import retokenize
 
+
+# The reward model's signals: one forward pass -------------------------------------------------------
+def positions(mask):
+    """Position ids that ignore padding, so a left-padded row is read as if unpadded: [B, L]."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def is_decoder(rm):
+    """Decoder classifiers (GPT-2, Llama, ...) put a `score` head on every position and read the
+    last token; encoder classifiers (BERT, DistilBERT, ...) read position 0."""
+    return getattr(rm, "score", None) is not None
+
+
+def last_index(attn_mask):
+    """Index of each row's last real token, found from the mask, not from pad ids (GPT-2 pads
+    with EOS): [B, L] -> [B]."""
+    return (attn_mask * torch.arange(attn_mask.shape[1], device=attn_mask.device)).argmax(1)
+
+
+def attention_row(attentions, i):
+    """Row i[b] of the attention map [B, heads, L, L], averaged over heads: [B, L]."""
+    return attentions[torch.arange(len(i), device=i.device), :, i].mean(1).float()
+
+
+def logit_score(logits):
+    """The paper's score: logit_1 - logit_0 for two labels, the single logit for one: [..., C] -> [...]."""
+    logits = logits.float()
+    return logits[..., 1] - logits[..., 0] if logits.shape[-1] == 2 else logits[..., 0]
+
+
+@torch.no_grad()
+def score(rm, seq, attn_mask):
+    """Score each row at the position its RM reads, i (the last real token of a decoder, 0 for an
+    encoder), and return that position's attention row:
+        score = logit_1 - logit_0, read at i
+        attention_j = mean over heads of the last layer's softmax(q_i . k_j / sqrt(d))
+    Works under left or right padding and with an EOS inside the completion. A decoder's score
+    head also runs at every position, which costs nothing and gives RED its prefix scores.
+    Returns score [B], attention [B, L] and prefix scores [B, L] (None for an encoder)."""
+    if not is_decoder(rm):
+        out = rm(input_ids=seq, attention_mask=attn_mask, output_attentions=True)
+        return logit_score(out.logits), attention_row(out.attentions[-1], torch.zeros_like(seq[:, 0])), None
+    out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
+                        output_attentions=True)
+    scores = logit_score(rm.score(out.last_hidden_state))  # [B, L]
+    last = last_index(attn_mask)
+    return scores[torch.arange(len(last)), last], attention_row(out.attentions[-1], last), scores
+
+
+def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
+    """Score, RM attention over the completion [B, G] and RED prefix scores [B, G+1] (None for an
+    encoder RM): on the policy's token ids when the RM shares its tokenizer (rm_tok is None), through
+    text (retokenize.py, which drops EOS) when it does not. With score_eos = 0 a final EOS stays the
+    policy's action but the RM scores the text before it."""
+    if rm_tok is not None:
+        ids, am, W = retokenize.to_rm_tokens(rm_tok, tok, seq, prompt_mask, comp_mask)
+        s, attention, scores = score(rm, ids, am)
+        return s, *retokenize.to_policy_tokens(attention, scores, am, W, comp_mask)
+    P = prompt_mask.shape[1]
+    rm_mask = comp_mask if score_eos else comp_mask * (seq[:, P:] != tok.eos_token_id)  # [B, G]
+    s, attention, scores = score(rm, seq, torch.cat([prompt_mask, rm_mask], 1))
+    prefix = scores[:, P - 1:]  # [B, G+1]
+    # An EOS the RM does not read adds nothing to RED: its prefix score is the one before it.
+    hidden = (comp_mask - rm_mask).bool()
+    prefix = torch.cat([prefix[:, :1], torch.where(hidden, prefix[:, :-1], prefix[:, 1:])], 1)
+    return s, attention[:, P:] * rm_mask, prefix
+
+
+def completion_attention(attentions, P):
+    """ABC-D's signal: the policy's last-layer attention among the completion tokens, averaged over
+    heads, A[q, j] from completion token q to token j: [B, G, G]. Causal attention makes it equal
+    to the attention the policy paid while generating."""
+    return attentions[-1][:, :, P:, P:].mean(1).float()
+
+
+# The schemes ------------------------------------------------------------------------------------
 def _last_token(mask):
     """One-hot of the last real token of each row: [B, T] -> [B, T]."""
     T = mask.shape[1]
@@ -104,3 +183,19 @@ def abcd(score, policy_attention, mask, beta):
 
 
 REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc, "red": red, "abcd": abcd}
+
+
+def per_token_rewards(scheme, beta, score, mask, attention, prefix_scores, policy_attention):
+    """The RM's credit r_t for each completion token [B, G], before the KL penalty: the only lines
+    where the schemes' rewards differ."""
+    if scheme == "sparse":
+        return sparse(score, mask)  # all on the last token
+    if scheme == "uniform":
+        return uniform(score, mask)  # score / n on each token
+    if scheme == "abc":
+        return abc(score, attention, mask, beta)  # by the RM's attention
+    if scheme == "red":
+        return red(prefix_scores, mask)  # s_t - s_{t-1}
+    if scheme == "abcd":
+        return abcd(score, policy_attention, mask, beta)  # by the policy's attention
+    raise ValueError(f"unknown reward scheme {scheme!r}")

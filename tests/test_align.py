@@ -9,7 +9,6 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dis
 
 import abc_ppo
 import mini
-import retokenize
 import reward
 
 
@@ -68,7 +67,7 @@ ITEMS = [("the film", " was a good movie"), ("a slow", " story and very long mus
 def test_credit_sums_are_exact(which, request, policy_tok):
     rm, rm_tok = request.getfixturevalue(which)
     seq, prompt_mask, mask = batch(policy_tok, texts_to_pairs(policy_tok, ITEMS))
-    s, attention, prefix = retokenize.score_retokenized(rm, rm_tok, policy_tok, seq, prompt_mask, mask)
+    s, attention, prefix = reward.score_completions(rm, rm_tok, policy_tok, seq, prompt_mask, mask, 1)
     assert attention.shape == mask.shape and (attention[mask == 0] == 0).all() and (attention > 0).any()
     for beta in (0.0, 0.5, 1.0):
         torch.testing.assert_close(reward.abc(s, attention, mask, beta).sum(1), s)
@@ -93,7 +92,7 @@ def test_one_rm_token_over_two_policy_tokens_splits_its_credit(encoder, policy_t
     # The policy wrote " mov" + "ie" as separate tokens; the word-level RM sees one token "movie".
     prompt, part1, part2 = policy_tok("the film")["input_ids"], policy_tok(" mov")["input_ids"], policy_tok("ie")["input_ids"]
     seq, prompt_mask, mask = batch(policy_tok, [(prompt, part1 + part2)])
-    _, attention, _ = retokenize.score_retokenized(rm, rm_tok, policy_tok, seq, prompt_mask, mask)
+    _, attention, _ = reward.score_completions(rm, rm_tok, policy_tok, seq, prompt_mask, mask, 1)
     enc = rm_tok(["the film movie"], return_tensors="pt")
     att = rm(**enc, output_attentions=True).attentions[-1][0, :, 0].mean(0)  # from [CLS]
     movie = att[3]  # [CLS] the film movie [SEP]
@@ -107,8 +106,8 @@ def test_one_rm_token_over_two_policy_tokens_splits_its_credit(encoder, policy_t
 def test_identical_tokenizers_match_the_fast_path(tiny_rm, policy_tok):
     rm = tiny_rm
     seq, prompt_mask, mask = batch(policy_tok, texts_to_pairs(policy_tok, ITEMS))
-    (s_fast, a_fast, p_fast) = abc_ppo.score_completions(rm, None, policy_tok, seq, prompt_mask, mask, 1)
-    (s_slow, a_slow, p_slow) = retokenize.score_retokenized(rm, policy_tok, policy_tok, seq, prompt_mask, mask)
+    (s_fast, a_fast, p_fast) = reward.score_completions(rm, None, policy_tok, seq, prompt_mask, mask, 1)
+    (s_slow, a_slow, p_slow) = reward.score_completions(rm, policy_tok, policy_tok, seq, prompt_mask, mask, 1)
     close = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s_fast, s_slow, **close)
     torch.testing.assert_close(a_fast * mask, a_slow * mask, **close)

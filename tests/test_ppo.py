@@ -12,17 +12,19 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import abc_ppo
 import presets
+import reward
 import speed
 
 KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clip_frac",
-        "approx_kl", "completion_len", "time_generate", "time_score", "time_optimize"}
+        "value_clip_frac", "explained_variance", "approx_kl", "completion_len", "time_generate", "time_score",
+        "time_optimize"}
 
 
 # --- Scoring: the score position and the ABC attention row agree under any padding ----------
 def alone(rm, prompt, completion):
     """Score and completion attention of one unpadded sequence: the reference values."""
     ids = torch.tensor([prompt + completion])
-    s, a, _ = abc_ppo.score(rm, ids, torch.ones_like(ids))
+    s, a, _ = reward.score(rm, ids, torch.ones_like(ids))
     return s[0], a[0, len(prompt):]
 
 
@@ -32,7 +34,7 @@ def test_score_and_attention_agree_under_left_and_right_padding(tiny_rm, policy_
              (tok("a")["input_ids"], tok(" slow story")["input_ids"])]
     for side in ("left", "right"):
         ids, mask = pad([p + c for p, c in pairs], tok.eos_token_id, side)
-        s, a, _ = abc_ppo.score(rm, ids, mask)
+        s, a, _ = reward.score(rm, ids, mask)
         for b, (p, c) in enumerate(pairs):
             start = ids.shape[1] - len(c) if side == "left" else len(p)  # the completion's first column
             s1, a1 = alone(rm, p, c)
@@ -46,7 +48,7 @@ def test_score_is_read_at_an_eos_inside_the_completion(tiny_rm, policy_tok):
     junk = tok(" bad bad dull")["input_ids"]
     ids = torch.tensor([[tok.eos_token_id] + p + c + junk])  # one left pad, then junk after the EOS
     mask = torch.tensor([[0] + [1] * (len(p) + len(c)) + [0] * len(junk)])
-    s, a, _ = abc_ppo.score(rm, ids, mask)
+    s, a, _ = reward.score(rm, ids, mask)
     s1, a1 = alone(rm, p, c)
     torch.testing.assert_close(s[0], s1, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a[0, 1 + len(p):1 + len(p) + len(c)], a1, atol=1e-5, rtol=1e-5)
@@ -58,12 +60,12 @@ def test_score_eos_0_scores_the_text_before_a_final_eos(tiny_rm, policy_tok):
     p, c = tok("the plot")["input_ids"], tok(" was good")["input_ids"]
     seq = torch.tensor([p + c + [tok.eos_token_id], p + c + [tok.eos_token_id]])
     prompt_mask, mask = torch.ones(2, len(p), dtype=torch.long), torch.tensor([[1] * (len(c) + 1), [1] * len(c) + [0]])
-    s, a, prefix = abc_ppo.score_completions(rm, None, tok, seq, prompt_mask, mask, score_eos=0)
+    s, a, prefix = reward.score_completions(rm, None, tok, seq, prompt_mask, mask, score_eos=0)
     s1, a1 = alone(rm, p, c)
     torch.testing.assert_close(s, torch.stack([s1, s1]), atol=1e-5, rtol=1e-5)  # EOS or not: the same text
     torch.testing.assert_close(a[0, :-1], a1, atol=1e-5, rtol=1e-5)
     assert a[0, -1] == 0 and prefix[0, -1] == prefix[0, -2]  # the EOS gets no attention and no RED credit
-    s_eos, _, _ = abc_ppo.score_completions(rm, None, tok, seq, prompt_mask, mask, score_eos=1)
+    s_eos, _, _ = reward.score_completions(rm, None, tok, seq, prompt_mask, mask, score_eos=1)
     assert s_eos[0] != s[0] and s_eos[1] == s[1]  # with score_eos=1 the RM reads the EOS itself
 
 
@@ -75,21 +77,26 @@ def test_test_reward_model_prefers_the_known_token(tiny):
 def test_rollout_masks_lengths_and_eos(tiny, policy_tok):
     tok = policy_tok
     policy = AutoModelForCausalLM.from_pretrained(tiny["policy"]).eval()
+    # A raised EOS logit makes rows end early at an EOS (about half of them here), not by chance alone.
+    eos_bias = torch.zeros(policy.config.vocab_size)
+    eos_bias[tok.eos_token_id] = 2.0
+    policy.get_output_embeddings().register_forward_hook(lambda module, inputs, logits: logits + eos_bias)
     torch.manual_seed(0)
     prompts = ["the film", "a slow movie was", "the"]
     prompt_ids, prompt_mask = pad([tok(t)["input_ids"] for t in prompts], tok.eos_token_id, "left")
     P = prompt_ids.shape[1]
     lengths = torch.tensor([3, 9, 6])
+    ended = {"eos": 0, "limit": 0}
     for _ in range(5):
         seq, mask = abc_ppo.rollout(policy, tok, prompt_ids, prompt_mask, lengths)
         assert torch.equal(seq[:, :P], prompt_ids)  # completion is cut at the prompt length
         comp = seq[:, P:]
         for b in range(3):
-            n = int(mask[b].sum())
-            assert mask[b, :n].all() and not mask[b, n:].any()  # a prefix
-            eos = (comp[b] == tok.eos_token_id).nonzero()
-            expected = min(int(lengths[b]), int(eos[0]) + 1 if len(eos) else 10**9)
-            assert n == expected
+            eos = (comp[b, :lengths[b]] == tok.eos_token_id).nonzero()
+            n = int(eos[0]) + 1 if len(eos) else int(lengths[b])  # up to and including the first EOS
+            assert mask[b, :n].all() and not mask[b, n:].any()
+            ended["eos" if len(eos) and n < lengths[b] else "limit"] += 1
+    assert ended["eos"] and ended["limit"]  # both ways a row ends were exercised
 
 
 # --- GAE and the PPO loss, against values worked by hand -------------------------------------
@@ -227,15 +234,20 @@ def test_value_head_has_nn_linear_default_init():
     assert w.std() > 0.3 * bound  # N(0, 0.01) would give 0.01, against 0.1 here
 
 
-def test_bf16_checkpoints_load_as_float32(tiny, tmp_path):
+def test_bf16_checkpoints_load_as_float32(tiny, tmp_path, monkeypatch):
     for name, cls in (("policy", AutoModelForCausalLM), ("reward_model", AutoModelForSequenceClassification)):
         cls.from_pretrained(tiny[name]).to(torch.bfloat16).save_pretrained(tmp_path / name)
         AutoTokenizer.from_pretrained(tiny[name]).save_pretrained(tmp_path / name)
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "policy").dtype == torch.bfloat16  # a real bf16 checkpoint
+    loaded, real = [], abc_ppo.load_models
+    monkeypatch.setattr(abc_ppo, "load_models", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
     abc_ppo.main(tiny_args(tiny, tmp_path / "out", "--policy", str(tmp_path / "policy"),
                            "--reward_model", str(tmp_path / "reward_model"), "--steps", "2"))
     rows = read_metrics(tmp_path / "out")
     assert [r["step"] for r in rows] == [0, 1] and all(math.isfinite(r["reward_mean"]) for r in rows)
+    (m,) = loaded  # the models the run trained and scored with, not just what the checkpoint says
+    for model in (m.policy, m.ref, m.rm):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 def test_bf16_autocast_leaves_the_reward_model_in_float32(tiny, tmp_path, monkeypatch):
@@ -249,7 +261,7 @@ def test_bf16_autocast_leaves_the_reward_model_in_float32(tiny, tmp_path, monkey
             return fn(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(abc_ppo, "score_completions", spy("rm", abc_ppo.score_completions))
+    monkeypatch.setattr(reward, "score_completions", spy("rm", reward.score_completions))
     monkeypatch.setattr(abc_ppo, "forward", spy("policy", abc_ppo.forward))
     abc_ppo.main(tiny_args(tiny, tmp_path, "--steps", "2"))
     assert seen["policy"] and all(seen["policy"])  # the policy's passes ran under autocast ...
@@ -312,9 +324,25 @@ BAD_INPUTS = [
                  id="bf16-on-cpu"),
     pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--reward_model", tiny["policy"]),
                  "is not a sequence classifier", id="not-a-classifier"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--policy", tiny["reward_model"]),
+                 "is not a causal language model", id="policy-not-a-causal-lm"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--lr", "-1"), "--lr must be positive, got -1.0",
+                 id="negative-lr"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--gamma", "1.5"), "--gamma must be in [0, 1], got 1.5",
+                 id="gamma-above-one"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--lam", "-0.1"), "--lam must be in [0, 1], got -0.1",
+                 id="negative-lam"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--init_kl_coef", "-1"), "--init_kl_coef must be >= 0",
+                 id="negative-kl-coef"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--vf_coef", "-1"), "--vf_coef must be >= 0",
+                 id="negative-vf-coef"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--cliprange", "0"), "--cliprange must be positive",
+                 id="zero-cliprange"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--cliprange_value", "-0.2"),
+                 "--cliprange_value must be positive", id="negative-cliprange-value"),
     pytest.param(only_short_texts, "no text longer than", id="no-long-text"),
     pytest.param(out_dir_inside_a_file, "cannot write to --out_dir", id="unwritable-out-dir"),
-    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--policy", str(tmp / "missing")), "cannot load tokenizer",
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--policy", str(tmp / "missing")), "cannot load policy",
                  id="missing-policy"),
     pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--resume"), "no usable checkpoint",
                  id="resume-without-checkpoint"),
