@@ -39,7 +39,7 @@ SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=128)  # ~1.3M parameter
 LM_REVIEWS = (4, 12)
 # The reward model: one block, started from an LM of the same size pretrained on single reviews (not
 # the policy), then trained on paragraphs of 1..4 reviews. Chosen among candidates by held-out accuracy
-# and credit faithfulness alone, before any PPO run (README: "Choosing the reward model").
+# and credit faithfulness alone, before any PPO run (docs/mini.md: "Choosing the mini reward model").
 RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 4), 1200, 5e-4
 # Bumped whenever build() changes what it makes, so that a cache from an older recipe is rebuilt.
 RECIPE = 2

@@ -2,7 +2,7 @@
 # Multi-seed reproduction of the paper's IMDb experiment (Chan et al. 2024, Figure 3):
 # every reward scheme x every seed, then a figure and a results table made by plot.py.
 #
-#   PRESET=mini ./run_imdb.sh     # offline, small models; see README for the measured time
+#   PRESET=mini ./run_imdb.sh     # offline, small models; docs/results.md has measured times
 #   PRESET=paper ./run_imdb.sh    # the paper's GPT-2 models and IMDb; needs the hub, ideally a GPU
 #
 # Settings, from the environment:

@@ -21,6 +21,7 @@ def test_config_json_records_the_resolved_run(tiny, tmp_path):
 
 def test_resume_refuses_a_changed_experiment_and_allows_a_longer_run(tiny, tmp_path, capsys):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--beta", "0.5", "--steps", "1"))
+    capsys.readouterr()  # the first run's progress bar
     with pytest.raises(SystemExit) as e:
         abc_ppo.main(tiny_args(tiny, tmp_path, "--beta", "0.8", "--steps", "2", "--resume"))
     err = capsys.readouterr().err.strip()

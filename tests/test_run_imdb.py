@@ -49,7 +49,9 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     for f in ("reward.png", "kl.png"):
         assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    assert all(f"| {s} | 1 |" in table for s in schemes)
+    # Each run's config.json gives its beta, shown for the schemes that use it.
+    assert all(f"| {s} | 1 |" in table for s in ("sparse", "uniform", "red"))
+    assert all(f"| {s} (β 0.8) | 1 |" in table for s in ("abc", "abcd"))
     # A second start finds every run finished and only remakes the report.
     again = run_script(env)
     assert again.returncode == 0 and again.stdout.count("(done)") == len(schemes)
