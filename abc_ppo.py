@@ -181,7 +181,7 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     positions that predict completion tokens. With attention=True (ABC-D) also the last-layer
     attention among the completion tokens (reward.completion_attention)."""
     out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=reward.positions(attn_mask),
-                            output_attentions=attention)
+                            output_attentions=attention, use_cache=False)  # no KV cache to build: one pass
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
     # Both heads run in float32, also under --bf16, so old and new log-probs agree to float
     # precision and the PPO ratio starts at 1.
@@ -263,7 +263,10 @@ def ppo_loss(logp, old_logp, values, old_values, adv, returns, mask, cliprange, 
     with torch.no_grad():
         stats = dict(policy_loss=pg_loss.item(), value_loss=vf_loss.item(),
                      clip_frac=masked_mean(((ratio - 1).abs() > cliprange).float(), mask).item(),
-                     value_clip_frac=masked_mean((vf_clip > vf_plain).float(), mask).item(),
+                     # where the clipped term wins, so V_t gets no gradient (a value inside the range
+                     # ties with itself up to rounding, which must not count)
+                     value_clip_frac=masked_mean(((values - old_values).abs() > cliprange_value)
+                                                 & (vf_clip > vf_plain), mask).item(),
                      approx_kl=masked_mean(0.5 * (logp - old_logp) ** 2, mask).item())
     return pg_loss + vf_coef * vf_loss, stats
 
@@ -313,14 +316,19 @@ def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
     for _ in range(args.ppo_epochs):
         for idx in torch.randperm(len(exp.seq), generator=data_rng).split(args.mini_batch_size):
             idx = idx.to(exp.seq.device)
+            # Only the columns real in some row of the mini-batch: a short completion need not pay
+            # for the batch's longest. Padding changes no result, so nothing else changes.
+            real = attn_mask[idx].any(0).nonzero()
+            a, b = int(real[0]), int(real[-1]) + 1  # a < P <= b: every row has its last prompt token at P-1
+            cut = lambda x: x[idx, :b - P]  # [mb, G] -> [mb, b-P]
             with autocast:
-                new = forward(policy, value_head, exp.seq[idx], attn_mask[idx], P)
-                loss, s = ppo_loss(new.logp, exp.old.logp[idx], new.values, exp.old.values[idx], exp.adv[idx],
-                                   exp.returns[idx], mask[idx], args.cliprange, args.cliprange_value, args.vf_coef)
+                new = forward(policy, value_head, exp.seq[idx, a:b], attn_mask[idx, a:b], P - a)
+                loss, s = ppo_loss(new.logp, cut(exp.old.logp), new.values, cut(exp.old.values), cut(exp.adv),
+                                   cut(exp.returns), cut(mask), args.cliprange, args.cliprange_value, args.vf_coef)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            stats.append(s | dict(entropy=masked_mean(new.entropy, mask[idx]).item()))
+            stats.append(s | dict(entropy=masked_mean(new.entropy, cut(mask)).item()))
     return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
 
@@ -357,6 +365,8 @@ def main(argv=None):
     texts = presets.load_texts(args.dataset, args.min_chars)
     m = load_models(args, device)
     speed.sparse_embedding_grad(m.policy)  # GPT-2's tied embedding: a gradient for its used rows only
+    for model in (m.policy, m.ref):  # both, so that at step 0 log p - log p_ref is exactly 0
+        speed.fused_gelu(model)  # GPT-2's GELU in one kernel, not eight
     value_head = ValueHead(m.policy.config.hidden_size).to(device)
     # Fused Adam: one kernel over all parameters; for GPT-2 124M on a CPU its step is ~5x faster.
     opt = torch.optim.Adam(list(m.policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)

@@ -3,15 +3,19 @@
     python mini.py                       # build from data/reviews.jsonl into ~/.cache/abc-ppo/mini
     python mini.py --data my.jsonl --mini_dir DIR   # any labelled .jsonl/.csv with text and label
 
-It trains, on 2 CPU cores in about two minutes:
+It trains, on 2 CPU cores in a few minutes:
   1. a byte-level BPE tokenizer on the review texts;
-  2. a tiny GPT2LMHeadModel, pretrained as a language model on paragraphs of 4-12 same-label
-     reviews (the policy), so it can write completions of 40-60 tokens;
+  2. a tiny GPT2LMHeadModel with 256 positions, pretrained as a language model on paragraphs of
+     LM_REVIEWS same-label reviews (the policy), so it writes completions of up to 160 tokens, as
+     the paper's length study needs;
   3. a GPT2ForSequenceClassification with two labels and one block, initialised from a second
      language model of the same size pretrained on single reviews, and fine-tuned on the labels of
-     paragraphs of 1-4 reviews (the reward model, score = logit[1] - logit[0] as in the paper).
+     paragraphs of RM_REVIEWS reviews (the reward model, score = logit[1] - logit[0] as in the paper).
      One block, because in this small model only then does the last layer's attention point at the
-     tokens that earned the score, the premise ABC rests on (measured in the manifest).
+     tokens that earned the score, the premise ABC rests on.
+The manifest records what the recipe was chosen by (docs/mini.md): how early the policy's own
+samples end, the RM's accuracy on held-out single reviews and long paragraphs, and its credit
+faithfulness at 8-15 and at 140-160 tokens.
 All three are ordinary Hugging Face checkpoints, loaded by abc_ppo.py with from_pretrained.
 This is a small model trained on ~2600 project-written reviews, not GPT-2 124M on IMDb.
 """
@@ -33,16 +37,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "data", "reviews.jsonl")
 MINI_DIR = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
 EOS = "<|endoftext|>"
-SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=128)  # ~1.3M parameters with a 4096 vocab
-# An LM training text joins 4..12 same-label reviews, cut at n_positions as a long IMDb review would be,
-# so the policy seldom ends a text early and writes on for the 40-60 token completions of the length study.
-LM_REVIEWS = (4, 12)
+SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=256)  # ~1.3M parameters with a 4096 vocab
+# An LM training text joins 12..24 same-label reviews (a review runs 11-18 tokens), cut at n_positions
+# as a long IMDb review would be, so the policy writes on for the 140-160 token completions of the
+# length study and seldom ends a text early.
+LM_REVIEWS = (12, 24)
 # The reward model: one block, started from an LM of the same size pretrained on single reviews (not
-# the policy), then trained on paragraphs of 1..4 reviews. Chosen among candidates by held-out accuracy
-# and credit faithfulness alone, before any PPO run (docs/mini.md: "Choosing the mini reward model").
-RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 4), 1200, 5e-4
+# the policy), then trained on paragraphs of 1..10 reviews, so that it reads 160-token completions.
+# Chosen among candidates by the rule in docs/mini.md alone, before any PPO run.
+RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 10), 1200, 5e-4
 # Bumped whenever build() changes what it makes, so that a cache from an older recipe is rebuilt.
-RECIPE = 2
+RECIPE = 3
+LONG = 160  # the longest completion the preset is built for
 
 
 def read_reviews(path):
@@ -163,11 +169,31 @@ def train_rm(rm, tok, texts, labels, steps=RM_STEPS, bs=32, lr=RM_LR, seed=0, pr
 
 
 @torch.no_grad()
-def accuracy(rm, tok, texts, labels):
-    """Share of reviews (+ EOS) whose score logit[1] - logit[0] has the label's sign."""
-    rows = [tok(t)["input_ids"] + [tok.eos_token_id] for t in texts]
+def accuracy(rm, tok, texts, labels, max_tokens=None):
+    """Share of texts whose score logit[1] - logit[0] has the label's sign: each text + EOS, or with
+    max_tokens its first max_tokens tokens as they stand, as a completion cut at its length limit."""
+    rows = [tok(t)["input_ids"][:max_tokens] if max_tokens else tok(t)["input_ids"] + [tok.eos_token_id]
+            for t in texts]
     logits = rm_logits(rm, *right_pad(rows, tok, rm.config.n_positions))
     return ((logits[:, 1] > logits[:, 0]).long() == torch.tensor(labels)).float().mean().item()
+
+
+@torch.no_grad()
+def length_shares(lm, tok, texts, max_new, n=128, seed=0, before=(20, 40, 90, 140)):
+    """The share of the policy's own samples (prompts: the first 2-5 tokens of `texts`, mini's
+    --prompt_len; up to max_new new tokens, full-distribution sampling) that end with EOS before
+    each length in `before`: {length: share}."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    prompts = [tok(rng.choice(texts))["input_ids"][:rng.randint(2, 5)] for _ in range(n)]
+    P = max(map(len, prompts))
+    ids = torch.tensor([[tok.eos_token_id] * (P - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+    out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=True, top_k=0, top_p=1.0,
+                      pad_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)[:, P:]
+    is_eos = out == tok.eos_token_id
+    ends = torch.where(is_eos.any(1), is_eos.float().argmax(1) + 1, torch.full((n,), max_new + 1))  # tokens incl. EOS
+    return {str(t): round((ends < t).float().mean().item(), 3) for t in before if t <= max_new}  # str: JSON keys
 
 
 def reward_model(lm, tok, n_layer=RM_LAYERS):
@@ -183,9 +209,11 @@ def reward_model(lm, tok, n_layer=RM_LAYERS):
     return rm
 
 
-def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, size=SIZE, rm_layers=RM_LAYERS):
-    """Train tokenizer, policy and reward model on `data`; measure the RM's held-out accuracy and
-    credit faithfulness; write models, prompts and manifest.json to `out`."""
+def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, size=SIZE, rm_layers=RM_LAYERS,
+          lm_reviews=LM_REVIEWS, rm_reviews=RM_REVIEWS):
+    """Train tokenizer, policy and reward model on `data`; measure how early the policy's samples
+    end, the RM's held-out accuracy on single reviews and on long paragraphs, and its credit
+    faithfulness at both lengths; write models, prompts and manifest.json to `out`."""
     import tokenizers
     import transformers
     from transformers import GPT2LMHeadModel
@@ -193,23 +221,40 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     import credit
 
     t0 = time.time()
+    # One thread: the float sums then run in one order, so the same recipe gives the same models
+    # whatever the machine's core count (with two threads the RM's accuracy moved by 1.5 points).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(seed)
     texts, labels = read_reviews(data)
     held = heldout(texts)
     train = [(t, l) for t, l, h in zip(texts, labels, held) if not h]
     test = [(t, l) for t, l, h in zip(texts, labels, held) if h]
     tok = train_tokenizer([t for t, _ in train])
-    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, *zip(*train), steps=lm_steps, seed=seed)
+    lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, *zip(*train), steps=lm_steps, seed=seed,
+                     n_reviews=lm_reviews)
+    torch.manual_seed(seed + 1)  # the RM's own random stream: it does not change with the policy's recipe
     rm_base = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, *zip(*train), steps=lm_steps, seed=seed,
                           n_reviews=(1, 1))
-    rm = train_rm(reward_model(rm_base, tok, rm_layers), tok, *zip(*train), steps=rm_steps, seed=seed)
+    rm = train_rm(reward_model(rm_base, tok, rm_layers), tok, *zip(*train), steps=rm_steps, seed=seed,
+                  n_reviews=rm_reviews)
+    # Long texts: held-out paragraphs of 12-14 same-label reviews, cut to a 3-token prompt and a
+    # completion of up to LONG tokens (fewer where the positions do not allow it).
+    long_len = min(LONG, size["n_positions"] - 4)
+    rng = random.Random(seed)
+    long_test = [paragraphs(*zip(*test), rng, (12, 14), 1)[0] for _ in range(200)]
     acc = accuracy(rm, tok, *zip(*test))
+    long_acc = accuracy(rm, tok, *zip(*long_test), max_tokens=3 + long_len)
+    shares = length_shares(lm, tok, [t for t, _ in test], max_new=min(LONG, size["n_positions"] - 6))
     for m in (lm, rm):
         m.set_attn_implementation("eager")  # attention weights for the faithfulness measure
     # Prompt = the first 3 tokens (the middle of mini's 2-5), completion = up to 15 more (the longest default).
     faith = credit.faithfulness(rm, tok, [t for t, _ in test], k=3, max_len=15, policy=lm)
+    faith_long = credit.faithfulness(rm, tok, [t for t, _ in long_test[:100]], k=3, max_len=long_len, policy=lm)
     for m in (lm, rm):
         m.set_attn_implementation("sdpa")
+
+    torch.set_num_threads(threads)
 
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -219,8 +264,9 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
         f.writelines(json.dumps({"text": t, "label": l}) + "\n" for t, l in test)
     manifest = dict(recipe=RECIPE, data=os.path.abspath(data), corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
-                    rm_heldout_accuracy=round(acc, 4), rm_layers=rm_layers, faithfulness=faith,
-                    vocab_size=len(tok), size=size,
+                    lm_reviews=lm_reviews, rm_reviews=rm_reviews, policy_ends_before=shares,
+                    rm_heldout_accuracy=round(acc, 4), rm_long_accuracy=round(long_acc, 4), rm_layers=rm_layers,
+                    faithfulness=faith, faithfulness_long=faith_long, vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
                     transformers=transformers.__version__, tokenizers=tokenizers.__version__)
@@ -228,9 +274,12 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
         json.dump(manifest, f, indent=1)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # the cache appears whole or not at all
-    print(f"mini: built {out} in {manifest['build_seconds']}s; reward model held-out accuracy {acc:.1%} "
-          f"on {len(test)} reviews; last-layer attention top-1 agreement with occlusion "
-          f"{next(v for k, v in faith['schemes'].items() if k.endswith('(last)'))[1]:.2f}", file=sys.stderr)
+    top1 = lambda f: next(v for k, v in f["schemes"].items() if k.endswith("(last)"))[1]
+    last = list(shares)[-1]
+    print(f"mini: built {out} in {manifest['build_seconds']}s; reward model held-out accuracy {acc:.1%} on "
+          f"{len(test)} reviews, {long_acc:.1%} on {len(long_test)} long paragraphs; last-layer attention top-1 "
+          f"agreement with occlusion {top1(faith):.2f} (up to 15 tokens), {top1(faith_long):.2f} (up to {long_len}); "
+          f"policy samples ending before {last} tokens: {shares[last]:.0%}", file=sys.stderr)
     return manifest
 
 

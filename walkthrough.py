@@ -327,28 +327,28 @@ for i, a in enumerate(policy_layers):
 # **4. `min_new_tokens` and a negative KL.** `rollout` lets the policy end early. Forbid EOS for
 # the first tokens and the samples no longer come from the policy, while the KL estimate
 # log pi - log pi_ref still assumes they do. A policy that has moved mass onto EOS (here: EOS
-# logit + 3) then pays a negative KL penalty: reward for free. PPO finds this over long runs (TRL
+# logit + 5) then pays a negative KL penalty: reward for free. PPO finds this over long runs (TRL
 # issue #1002); here we build that policy directly. Predict the sign of each estimate first.
 
 # %%
 def logp_more_eos(seq, P):
-    """log pi(y_t) [B, G] for pi = the policy with its EOS logit raised by 3."""
+    """log pi(y_t) [B, G] for pi = the policy with its EOS logit raised by 5."""
     with torch.no_grad():
         logits = policy(seq, attention_mask=torch.ones_like(seq)).logits[:, P - 1:-1]
-    logits[..., tok.eos_token_id] += 3.0
+    logits[..., tok.eos_token_id] += 5.0
     return torch.log_softmax(logits, -1).gather(-1, seq[:, P:, None]).squeeze(-1)
 
 
 def kl_estimate(min_new_tokens):
     """Mean over rollouts of sum_t log pi(y_t) - log pi_ref(y_t), sampling from pi with EOS forbidden
     for the first min_new_tokens tokens."""
-    prompt_ids = seq[:, :P].repeat(64, 1)
+    prompt_ids = seq[:, :P].repeat(256, 1)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # generate drops this all-ones mask, then warns that it is missing
     policy.generation_config.min_new_tokens = min_new_tokens
-    policy.generation_config.sequence_bias = {(tok.eos_token_id,): 3.0}  # sample from pi, not pi_ref
+    policy.generation_config.sequence_bias = {(tok.eos_token_id,): 5.0}  # sample from pi, not pi_ref
     out, comp_mask = abc_ppo.rollout(policy, tok, prompt_ids, torch.ones_like(prompt_ids),
-                                     torch.full((64,), 15))
+                                     torch.full((256,), 15))
     policy.generation_config.min_new_tokens, policy.generation_config.sequence_bias = None, None
     transformers.logging.set_verbosity(verbosity)
     with torch.no_grad():

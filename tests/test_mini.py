@@ -19,6 +19,12 @@ def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     manifest = mini.build(str(data), out, lm_steps=20, rm_steps=20, size=SMALL)
     assert manifest["reviews"] == 202 and 0 <= manifest["rm_heldout_accuracy"] <= 1
     assert set(manifest) >= {"corpus_sha256", "policy_params", "rm_params", "torch", "transformers", "tokenizers"}
+    # What the recipe is chosen by: how early the policy's samples end, accuracy and faithfulness at two lengths.
+    shares = manifest["policy_ends_before"]
+    assert list(shares) == ["20", "40", "90"] and all(0 <= v <= 1 for v in shares.values())  # 128 positions: to 122
+    assert list(shares.values()) == sorted(shares.values())  # a share that ends before 20 ends before 40 too
+    assert 0 <= manifest["rm_long_accuracy"] <= 1
+    assert manifest["faithfulness_long"]["max_completion_tokens"] == 124 and manifest["faithfulness"]["texts"] > 0
     assert AutoModelForCausalLM.from_pretrained(os.path.join(out, "policy")).config.n_layer == 2
     rm = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "reward_model"))
     assert rm.config.num_labels == 2

@@ -145,7 +145,19 @@ def test_ppo_clips_the_ratio_only_in_the_direction_that_helps():
 def test_value_loss_is_clipped_around_the_old_value():
     # V moves 1.0 from old 0 toward return 1.0: clipped V = 0.2, loss = 0.5 * max(0, 0.64) = 0.32.
     _, stats, _, vgrad = ppo([0.0], [0.0], values=[1.0], returns=[1.0])
-    assert stats["value_loss"] == pytest.approx(0.32) and vgrad.item() == 0
+    assert stats["value_loss"] == pytest.approx(0.32) and vgrad.item() == 0 and stats["value_clip_frac"] == 1
+
+
+def test_value_clip_fraction_counts_only_values_outside_the_range():
+    # Inside the range, old + (V - old) rounds to V or next to it: the two loss terms tie, not clipped.
+    old, v = torch.tensor([[0.1] * 4]), torch.tensor([[0.1 + 1e-7, 0.2 + 1e-7, 0.25, 0.29]])
+    _, stats = abc_ppo.ppo_loss(torch.zeros(1, 4), torch.zeros(1, 4), v, old, torch.zeros(1, 4), torch.full((1, 4), 5.0),
+                                torch.ones(1, 4), cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    assert stats["value_clip_frac"] == 0  # every V is within 0.2 of its old value
+    v = torch.tensor([[0.4, -0.2, 0.25, 0.29]])  # 0.4 moved toward the return 5 by 0.3: clipped; -0.2 away: not
+    _, stats = abc_ppo.ppo_loss(torch.zeros(1, 4), torch.zeros(1, 4), v, old, torch.zeros(1, 4), torch.full((1, 4), 5.0),
+                                torch.ones(1, 4), cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    assert stats["value_clip_frac"] == 0.25
 
 
 # --- End to end ------------------------------------------------------------------------------
@@ -191,6 +203,32 @@ def test_sparse_embedding_gradient_changes_no_result(tiny, tmp_path, monkeypatch
     assert [r["step"] for r in sparse] == [0, 1, 2]
     for a, b in zip(sparse, dense):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_fused_gelu_changes_no_result(tiny, tmp_path, monkeypatch):
+    # speed.fused_gelu swaps GPT-2's eight-op GELU for PyTorch's one-kernel one, the same formula.
+    swapped, real = [], speed.fused_gelu
+    monkeypatch.setattr(speed, "fused_gelu", lambda model: swapped.append(real(model)))
+    abc_ppo.main(tiny_args(tiny, tmp_path / "fused", "--steps", "3", "--seed", "2"))
+    assert swapped == [2, 2]  # policy and reference, one per block of the tiny GPT-2
+    monkeypatch.setattr(speed, "fused_gelu", lambda model: None)
+    abc_ppo.main(tiny_args(tiny, tmp_path / "plain", "--steps", "3", "--seed", "2"))
+    fused, plain = without_timings(read_metrics(tmp_path / "fused")), without_timings(read_metrics(tmp_path / "plain"))
+    for a, b in zip(fused, plain):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_padding_columns_change_no_forward_result(tiny, policy_tok):
+    # ppo_update drops the columns that are padding in every row of a mini-batch; they change nothing.
+    policy = AutoModelForCausalLM.from_pretrained(tiny["policy"]).eval()
+    value_head = abc_ppo.ValueHead(policy.config.hidden_size)
+    p, c = policy_tok("the film")["input_ids"], policy_tok(" was very good")["input_ids"]
+    pad = policy_tok.eos_token_id
+    seq, mask = torch.tensor([[pad, pad] + p + c + [pad] * 3]), torch.tensor([[0, 0] + [1] * (len(p) + len(c)) + [0] * 3])
+    padded = abc_ppo.forward(policy, value_head, seq, mask, 2 + len(p))
+    trimmed = abc_ppo.forward(policy, value_head, seq[:, 2:-3], mask[:, 2:-3], len(p))
+    for a, b in ((padded.logp, trimmed.logp), (padded.values, trimmed.values)):
+        torch.testing.assert_close(a[:, :len(c)], b, atol=1e-5, rtol=1e-5)
 
 
 def test_resume_drops_a_half_written_last_line(tiny, tmp_path):
