@@ -319,7 +319,7 @@ def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
             # Only the columns real in some row of the mini-batch: a short completion need not pay
             # for the batch's longest. Padding changes no result, so nothing else changes.
             real = attn_mask[idx].any(0).nonzero()
-            a, b = int(real[0]), int(real[-1]) + 1  # a < P <= b: every row has its last prompt token at P-1
+            a, b = int(real[0]), int(real[-1]) + 1  # a < P < b: every row is real at P-1 and at P
             cut = lambda x: x[idx, :b - P]  # [mb, G] -> [mb, b-P]
             with autocast:
                 new = forward(policy, value_head, exp.seq[idx, a:b], attn_mask[idx, a:b], P - a)

@@ -6,7 +6,7 @@
 # into per-token credit, GAE turns credit into advantages, and PPO updates on them, with the very
 # step code `abc_ppo.main` runs. Then a short sparse-against-abc run, and exercises.
 #
-# Runs as a script (`python walkthrough.py`, about 4 minutes on 2 CPU cores) or as a notebook:
+# Runs as a script (`python walkthrough.py`, about 3 minutes on 2 CPU cores) or as a notebook:
 # open it in VS Code or Jupyter (`jupytext --to notebook walkthrough.py`). Figures are saved
 # in `runs/walkthrough/`. Settings (environment variables): `WALKTHROUGH_STEPS` (PPO steps per
 # run, 40), `WALKTHROUGH_SEEDS` (2), `WALKTHROUGH_MINI_DIR` (the mini cache, built on first use),
