@@ -75,6 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--out_dir", default="runs/abc", help="metrics.jsonl, checkpoint/, samples.jsonl, credit.html")
     p.add_argument("--save_every", type=int, default=50, help="checkpoint every N steps (and at the end)")
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    p.add_argument("--min_new_tokens", action="store_true",
+                   help="forbid EOS before each completion's drawn length, the paper's protocol (off: see rollout)")
     p.add_argument("--log_samples", type=int, default=0, metavar="N",
                    help="log N completions a step with their credit: samples.jsonl, credit.html")
     p.add_argument("--explain", metavar="TEXT", help="print each scheme's credit for each token of TEXT, then exit")
@@ -149,15 +151,18 @@ class ValueHead(torch.nn.Linear):
 
 # 4. Rollout: sample completions in one batched generate call. -------------------------------------
 @torch.no_grad()
-def rollout(policy, tok, prompt_ids, prompt_mask, lengths):
+def rollout(policy, tok, prompt_ids, prompt_mask, lengths, min_new_tokens=False):
     """Sample a completion for each prompt; row b stops at lengths[b] tokens or at its first EOS.
+    With min_new_tokens, EOS is forbidden before lengths[b], so every row is exactly that long.
     Returns seq [B, P+G] (prompt + completion) and comp_mask [B, G]."""
+    P = prompt_ids.shape[1]
+    # Off by default. The paper forced lengths, but a policy sampled with EOS masked out while its
+    # log-probs are read unmasked can push the KL estimate negative and be paid for it (TRL #1002).
+    forbid_eos = [ForbidEOS(tok.eos_token_id, P, lengths)] if min_new_tokens else []
     out = policy.generate(
         input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=int(lengths.max()),
         do_sample=True, top_k=0, top_p=1.0,  # sample from the full distribution, as in the paper
-        # No min_new_tokens: suppressing EOS lets the policy push the KL estimate negative (TRL #1002).
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    P = prompt_ids.shape[1]
+        logits_processor=forbid_eos, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     comp = out[:, P:]  # cut at the prompt length, not [-gen_len:], which breaks if generation stops early
     G = comp.shape[1]
     t = torch.arange(G, device=comp.device)
@@ -166,6 +171,18 @@ def rollout(policy, tok, prompt_ids, prompt_mask, lengths):
     first_eos = torch.where(is_eos.any(1), is_eos.float().argmax(1), torch.full_like(lengths, G))
     comp_mask = (t[None] < lengths[:, None]) & (t[None] <= first_eos[:, None])  # [B, G]
     return out, comp_mask.long()
+
+
+class ForbidEOS:
+    """--min_new_tokens: EOS logit -inf in row b until it has lengths[b] tokens (a per-row min_new_tokens)."""
+
+    def __init__(self, eos_id, P, lengths):
+        self.eos_id, self.P, self.lengths = eos_id, P, lengths
+
+    def __call__(self, input_ids, scores):  # [B, P+t], [B, V]
+        early = self.lengths.to(scores.device) > input_ids.shape[1] - self.P  # [B]
+        scores[early, self.eos_id] = -float("inf")
+        return scores
 
 
 # 5. Policy forward: log-probs, values and entropy of the completion tokens. -----------------------
@@ -389,7 +406,8 @@ def main(argv=None):
         prompt_ids, prompt_mask, gen_len = (x.to(device) for x in sample_prompts(
             texts, m.tok, args.batch_size, args.prompt_len, args.gen_len, data_rng))
         with autocast:
-            seq, comp_mask = rollout(m.policy, m.tok, prompt_ids, prompt_mask, gen_len)  # [B, P+G], [B, G]
+            seq, comp_mask = rollout(m.policy, m.tok, prompt_ids, prompt_mask, gen_len,
+                                     args.min_new_tokens)  # [B, P+G], [B, G]
         t1 = time.perf_counter()
 
         # --- Scoring: RM score and credit, old and reference log-probs, rewards, GAE -----
@@ -413,8 +431,7 @@ def main(argv=None):
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
         if samples_file:
-            credit.write_samples(samples_file, step, m.tok, seq, prompt_mask, comp_mask, exp.rm_score, exp.rm_credit,
-                                 args.log_samples)
+            credit.write_samples(samples_file, step, m.tok, exp, args.log_samples)
         bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng)

@@ -188,16 +188,17 @@ def explain(args, tok, policy, rm, rm_tok, device):
     print(f"{'sum':16}" + "".join(f"{sum(cols[n]):+12.3f}" for n in names))
 
 
-def write_samples(f, step, tok, seq, prompt_mask, comp_mask, rm_score, credit, n):
-    """Append n completions of this step with the credit the scheme gave each token, and the token
-    ids, so that a sample can be scored again exactly."""
-    P = prompt_mask.shape[1]
+def write_samples(f, step, tok, exp, n):
+    """Append n completions of this step's experience exp with the credit the scheme gave each token,
+    the whitened GAE advantage PPO used, and the token ids, so that a sample can be scored again exactly."""
+    P = exp.prompt_mask.shape[1]
     for b in range(n):
-        m = int(comp_mask[b].sum())
-        prompt, ids = seq[b, :P][prompt_mask[b].bool()].tolist(), seq[b, P:P + m].tolist()
-        f.write(json.dumps(dict(step=step, score=round(rm_score[b].item(), 4), prompt=tok.decode(prompt),
-                                tokens=[tok.decode([t]) for t in ids], credit=[round(c, 4) for c in credit[b, :m].tolist()],
-                                prompt_ids=prompt, token_ids=ids)) + "\n")
+        m = int(exp.comp_mask[b].sum())
+        prompt, ids = exp.seq[b, :P][exp.prompt_mask[b].bool()].tolist(), exp.seq[b, P:P + m].tolist()
+        rounded = lambda x: [round(v, 4) for v in x[b, :m].tolist()]
+        f.write(json.dumps(dict(step=step, score=round(exp.rm_score[b].item(), 4), prompt=tok.decode(prompt),
+                                tokens=[tok.decode([t]) for t in ids], credit=rounded(exp.rm_credit),
+                                advantage=rounded(exp.adv), prompt_ids=prompt, token_ids=ids)) + "\n")
     f.flush()
 
 

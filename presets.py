@@ -99,6 +99,9 @@ def check(args):
         fail("--device cuda, but no CUDA device is available")
     if args.bf16 and args.device != "cuda":
         fail("--bf16 needs a CUDA device; CPU runs stay float32")
+    if args.min_new_tokens:
+        print("abc_ppo.py: warning: --min_new_tokens forbids EOS, but the KL estimate reads the unmasked policy, "
+              "so the policy can drive the KL negative and be paid for it (TRL #1002)", file=sys.stderr)
 
 
 def choose_preset(parser, given):

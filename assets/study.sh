@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The length, forced-length and beta studies of issue 17 on mini recipe 3 (docs/results.md has the
+# tables). Each line is one run_imdb.sh call; finished runs are skipped, so this script resumes where
+# it stopped. Every run writes OUT/<reward>/seed<k>/{config.json,metrics.jsonl,done}; those are
+# committed as they finish (checkpoints are removed, log.txt is ignored).
+#   bash assets/study.sh            # everything, in this order
+#   bash assets/study.sh 90-110     # only the studies whose name contains this
+cd "$(dirname "$0")/.."
+S="sparse uniform abc"
+study() {  # study <name> <seeds> <rewards> <beta> <gen_len> [extra flags]
+    [[ "$1" == *"${ONLY:-}"* ]] || return 0
+    echo "=== $1 ($(date -u +%H:%M))"
+    PRESET=mini OUT=assets/$1 SEEDS=$2 REWARDS=$3 BETA=$4 GEN_LEN=$5 EXTRA=${6:-} JOBS=${JOBS:-2} ./run_imdb.sh
+}
+ONLY=${1:-}
+study length-8-15          10 "$S"         0.8  "8 15"
+study length-90-110         6 "$S"         0.8  "90 110"
+study forced-90-110         6 "sparse abc" 0.8  "90 110"  --min_new_tokens
+study length-40-60         10 "$S"         0.8  "40 60"
+study length-140-160        6 "$S"         0.8  "140 160"
+study forced-140-160        6 "sparse abc" 0.8  "140 160" --min_new_tokens
+study length-20-30         10 "$S"         0.8  "20 30"
+for b in 0 0.25 0.5 1; do    # beta 0.8 is length-8-15's abc; beta 0 must repeat its sparse exactly
+    study beta-8-15/beta-$b  6 abc         $b   "8 15"
+done
