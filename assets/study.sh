@@ -5,12 +5,13 @@
 # committed as they finish (checkpoints are removed, log.txt is ignored).
 #   bash assets/study.sh            # everything, in this order
 #   bash assets/study.sh 90-110     # only the studies whose name contains this
+#   ASSETS=DIR bash assets/study.sh # write the runs under DIR instead of assets/
 cd "$(dirname "$0")/.."
 S="sparse uniform abc"
 study() {  # study <name> <seeds> <rewards> <beta> <gen_len> [extra flags]
     [[ "$1" == *"${ONLY:-}"* ]] || return 0
     echo "=== $1 ($(date -u +%H:%M))"
-    PRESET=mini OUT=assets/$1 SEEDS=$2 REWARDS=$3 BETA=$4 GEN_LEN=$5 EXTRA=${6:-} JOBS=${JOBS:-2} ./run_imdb.sh
+    PRESET=mini OUT=${ASSETS:-assets}/$1 SEEDS=$2 REWARDS=$3 BETA=$4 GEN_LEN=$5 EXTRA=${6:-} JOBS=${JOBS:-2} ./run_imdb.sh
 }
 ONLY=${1:-}
 study length-8-15          10 "$S"         0.8  "8 15"
