@@ -1,9 +1,12 @@
 """Plot and tabulate PPO runs written as OUT/<reward>/seed<k>/metrics.jsonl.
 
-    python plot.py OUT [--order sparse uniform abc]
+    python plot.py OUT [OUT ...] [--order sparse uniform abc]
+    python plot.py assets/length-* assets/forced-* --lengths assets/length    # the length figure
+    python plot.py assets/beta-8-15/* assets/length-8-15 --beta assets/beta   # the beta figure
 
-Writes OUT/reward.png, OUT/kl.png and OUT/results.md. A run's scheme and beta come from the
-config.json that abc_ppo.py writes beside its metrics, where there is one.
+Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT; with --lengths or --beta, one
+figure and table across the OUT studies instead. A run's scheme, beta, lengths and protocol come
+from the config.json that abc_ppo.py writes beside its metrics, where there is one.
 """
 import argparse
 import glob
@@ -93,12 +96,12 @@ def order_schemes(schemes, order=None):
     return first + sorted(s for s in schemes if s not in first)
 
 
-def summarise(runs, order=None, upto=100, last=10):
+def summarise(runs, order=None, upto=100):
     """One row per scheme. With r_i(t) the reward_mean of seed i (n seeds) and rbar(t) = mean_i r_i(t):
     early = mean_i m_i  +- 2 * std_i(m_i, ddof=1) / sqrt(n),  m_i = mean of r_i(t) over steps t <= upto (0 if n = 1)
     vs_sparse = mean_i d_i +- 2 * std_i(d_i, ddof=1) / sqrt(n'),  d_i = m_i - m_i(sparse), over the n' seeds both
                 ran (paired by seed, so a seed's shared prompts cancel); wins = #{i : d_i > 0}
-    final = mean_i (mean of r_i over its last `last` steps);   final_kl: the same for kl
+    last = mean_i r_i(T) +- 2 s.e., T the last step;   lowest_kl = min_{i, t > 0} kl_i(t) (step 0's is 0)
     completion_len = mean_{i,t} completion_len_i(t), the completion tokens actually sampled
     first_best = min{t : rbar(t) > max_{t' <= upto} rbar_sparse(t')}, as the paper reads its Figure 3
                  ("never" if none, None if there is no sparse scheme)
@@ -125,8 +128,8 @@ def summarise(runs, order=None, upto=100, last=10):
             scheme=scheme, label=label(scheme, seeds), seeds=n, early_upto=int(steps[steps <= upto].max()),
             early_mean=early.mean(), early_2se=mean_2se(early)[1],
             vs_sparse=(*mean_2se(d), int((d > 0).sum()), len(d)) if len(d) else None,
-            final=np.mean([r["reward_mean"][-last:].mean() for r in seeds]),
-            final_kl=np.mean([r["kl"][-last:].mean() for r in seeds]),
+            last=mean_2se(np.array([r["reward_mean"][-1] for r in seeds])), last_step=int(steps[-1]),
+            lowest_kl=min(lowest_kl(r) for r in seeds),
             first_best=None if hit is None else (int(steps[hit[0]]) if len(hit) else "never"),
             kl_neg=sum(int((r["kl"] < 0).any()) for r in seeds),
             completion_len=np.mean([r["completion_len"] for r in seeds]),
@@ -134,64 +137,110 @@ def summarise(runs, order=None, upto=100, last=10):
     return rows
 
 
+def lowest_kl(run):
+    """The lowest KL of a run after step 0, where it is 0 by construction (a one-step run: step 0's)."""
+    return run["kl"][1:].min() if len(run["kl"]) > 1 else run["kl"][0]
+
+
 def mean_2se(x):
     """Mean and 2 standard errors (ddof=1; 0 for a single value)."""
     return x.mean(), 2 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
 
 
-def write_table(rows, path, n_files=None):
-    """rows (from summarise) -> markdown table at path."""
+def write_table(rows, runs, path, n_files=None):
+    """rows (from summarise) -> markdown tables at path: one row per scheme, then one per seed."""
     hi = max(r["early_upto"] for r in rows)
     lines = [f"| scheme | seeds | mean reward, steps 0-{hi} ± 2 s.e. | minus sparse, paired ± 2 s.e. (seeds ahead) "
-             "| final reward | final KL | first step > best sparse | seeds with KL < 0 | completion tokens | s/step |",
+             "| reward at the last step ± 2 s.e. | first step > best sparse | lowest KL | seeds with KL < 0 "
+             "| completion tokens | s/step |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" (steps 0-{r['early_upto']})" if r["early_upto"] != hi else ""
         fb = "-" if r["first_best"] is None else r["first_best"]
         vs = "-" if r["vs_sparse"] is None else "{:+.2f} ± {:.2f} ({}/{})".format(*r["vs_sparse"])
         lines.append(f"| {r['label']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f}{note} | {vs} "
-                     f"| {r['final']:.2f} | {r['final_kl']:.2f} | {fb} | {r['kl_neg']} | {r['completion_len']:.1f} "
-                     f"| {r['sec_per_step']:.2f} |")
+                     f"| {r['last'][0]:.2f} ± {r['last'][1]:.2f} (step {r['last_step']}) | {fb} | {r['lowest_kl']:.2f} "
+                     f"| {r['kl_neg']} | {r['completion_len']:.1f} | {r['sec_per_step']:.2f} |")
     lines += ["", f"Columns: reward = reward_mean per step; mean over steps 0-{hi} per seed, then mean ± 2 s.e. over seeds; "
               "minus sparse: the same per-seed mean minus sparse's for the same seed, mean ± 2 s.e. over the seeds both ran, "
-              "and on how many of them the scheme is ahead; "
-              "final = mean of the last 10 steps, averaged over seeds (reward, and KL); first step at which the seed-mean reward exceeds "
-              f"the best seed-mean sparse reward of steps 0-{hi}; seeds whose KL went negative at any step; "
-              "completion tokens actually sampled, mean over seeds and steps; generate+score+optimize seconds per step.", ""]
+              "and on how many of them the scheme is ahead; reward at the last step, mean ± 2 s.e. over seeds; "
+              "first step at which the seed-mean reward exceeds "
+              f"the best seed-mean sparse reward of steps 0-{hi}; lowest KL of any seed at any step after 0; seeds whose KL "
+              "went negative at any step; completion tokens actually sampled, mean over seeds and steps; "
+              "generate+score+optimize seconds per step.", ""]
+    # Per seed, so that a collapse (reward falling while the KL goes negative) is visible.
+    names = [r["scheme"] for r in rows]
+    seeds = sorted({x["seed"] for s in names for x in runs[s]})
+    by = {(s, x["seed"]): x for s in names for x in runs[s]}
+    lines += ["Per seed: reward at the last step / lowest KL after step 0.", "",
+              "| seed | " + " | ".join(r["label"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for i in seeds:
+        cells = [f"{by[s, i]['reward_mean'][-1]:.2f} / {lowest_kl(by[s, i]):.2f}" if (s, i) in by else "-" for s in names]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    lines.append("")
     if n_files is not None:
         lines.append(f"Read {n_files} runs (metrics.jsonl files).")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
 
-def _curves(ax, runs, order, key, band=False):
-    """Per scheme: seed-mean of `key` (thick) and each seed (thin, translucent), same colour."""
+def smooth(y, w):
+    """Centred moving average over w steps (fewer at the ends), along the last axis."""
+    y = np.asarray(y, dtype=float)
+    if w <= 1:
+        return y
+    T, h = y.shape[-1], w // 2
+    c = np.concatenate([np.zeros(y.shape[:-1] + (1,)), y.cumsum(-1)], -1)  # c[t] = sum of y[:t]
+    lo, hi = np.clip(np.arange(T) - h, 0, T), np.clip(np.arange(T) + w - h, 0, T)
+    return (c[..., hi] - c[..., lo]) / (hi - lo)
+
+
+def band(ax, steps, ys, color, label):
+    """Mean over seeds (rows of ys) with a band of ± 2 s.e. across seeds."""
+    m = ys.mean(0)
+    se = 2 * ys.std(0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else np.zeros_like(m)
+    ax.plot(steps, m, color=color, lw=2, label=label)
+    ax.fill_between(steps, m - se, m + se, color=color, alpha=0.2, lw=0)
+
+
+def _curves(ax, runs, order, key, w):
+    """Per scheme: the seed mean of `key`, smoothed over w steps, ± 2 s.e. across seeds; seeds faint."""
     for c, scheme in enumerate(order_schemes(runs, order)):
         seeds, color = runs[scheme], f"C{c % 10}"
-        steps = seeds[0]["step"]
-        ys = np.array([r[key] for r in seeds])
+        ys = smooth(np.array([r[key] for r in seeds]), w)
         for y in ys:
-            ax.plot(steps, y, color=color, lw=0.8, alpha=0.35)
-        ax.plot(steps, ys.mean(0), color=color, lw=2.2, label=f"{label(scheme, seeds)} (n={len(seeds)})")
-        if band:
-            ax.fill_between(steps, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=color, alpha=0.15)
+            ax.plot(seeds[0]["step"], y, color=color, lw=0.5, alpha=0.12)
+        band(ax, seeds[0]["step"], ys, color, f"{label(scheme, seeds)} (n={len(seeds)})")
 
 
-def plot_reward(runs, path, order=None):
-    """reward.png: seed-mean reward_mean per step, band = mean ± std across seeds (ddof=0), thin lines = seeds."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    _curves(ax, runs, order, "reward_mean", band=True)
-    ax.set(xlabel="PPO step", ylabel="reward (mean over batch)", title="Reward")
-    ax.legend(), ax.grid(alpha=0.3)
+def plot_reward(runs, path, order=None, w=5):
+    """reward.png. Left: per scheme, the seed-mean reward smoothed over w steps, ± 2 s.e. across seeds.
+    Right: each scheme minus sparse, paired by seed: d_i(t) = r_i(t) - r_i^sparse(t), smoothed, mean ± 2 s.e."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    _curves(a, runs, order, "reward_mean", w)
+    a.set(xlabel="PPO step", ylabel="reward (mean over batch)", title=f"Reward ({w}-step moving average)")
+    a.legend(), a.grid(alpha=0.3)
+    if "sparse" in runs:
+        sparse = {r["seed"]: r["reward_mean"] for r in runs["sparse"]}
+        for c, scheme in enumerate(order_schemes(runs, order)):
+            pairs = [r["reward_mean"] - sparse[r["seed"]] for r in runs[scheme] if r["seed"] in sparse]
+            if scheme != "sparse" and pairs:
+                band(b, runs[scheme][0]["step"], smooth(np.array(pairs), w), f"C{c % 10}",
+                     f"{label(scheme, runs[scheme])} − sparse (n={len(pairs)})")
+        b.axhline(0, color="k", lw=1)
+        b.legend()
+    b.set(xlabel="PPO step", ylabel="reward difference", title="Minus sparse, paired by seed ± 2 s.e.")
+    b.grid(alpha=0.3)
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
-def plot_kl(runs, path, order=None):
-    """kl.png: left KL per step (dashed line at 0), right reward_mean against KL (one dot per seed and step)."""
+def plot_kl(runs, path, order=None, w=5):
+    """kl.png: left KL per step as reward.png draws reward (dashed line at 0), right reward_mean against
+    KL (one dot per seed and step, unsmoothed)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    _curves(a, runs, order, "kl")
+    _curves(a, runs, order, "kl", w)
     a.axhline(0, color="k", ls="--", lw=1)
-    a.set(xlabel="PPO step", ylabel="KL(policy || ref)", title="KL"), a.legend(), a.grid(alpha=0.3)
+    a.set(xlabel="PPO step", ylabel="KL(policy || ref)", title=f"KL ({w}-step moving average)"), a.legend(), a.grid(alpha=0.3)
     for c, scheme in enumerate(order_schemes(runs, order)):
         for i, r in enumerate(runs[scheme]):
             b.plot(r["kl"], r["reward_mean"], "o", color=f"C{c % 10}", ms=3, alpha=0.5,
@@ -201,18 +250,128 @@ def plot_kl(runs, path, order=None):
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
+# Across studies: the paper's length and beta figures --------------------------------------------
+PAPER_LENGTH = {"sparse": {25: 9.94, 50: 9.77, 100: 6.59, 150: 6.78}, "uniform": {25: 9.29, 50: 9.85, 100: 9.91, 150: 10.03},
+                "abc": {25: 10.56, 50: 10.87, 100: 11.27, 150: 11.25}}  # reward at step 100 (../shared/paper_numbers.md)
+PAPER_BETA = {0.0: 7.94, 0.1: 7.79, 0.2: 8.28, 0.3: 8.30, 0.4: 8.40, 0.5: 8.48, 0.6: 8.50, 0.7: 8.62, 0.8: 8.64,
+              0.9: 8.72, 1.0: 8.80}  # mean reward over all steps, batch 8, 251 steps
+
+
+def study_flags(out):
+    """The flags of a study's runs, from the config.json of its first run."""
+    paths = sorted(glob.glob(os.path.join(out, "*", "seed*", "config.json")))
+    if not paths:
+        raise SystemExit(f"plot.py: no config.json under {out}/<reward>/seed<k>/")
+    return json.load(open(paths[0]))["flags"]
+
+
+def plot_lengths(outs, prefix, order=None):
+    """PREFIX.md and PREFIX.png: per study (a completion-length range, free or forced EOS) and scheme,
+    the mean reward over steps ± 2 s.e. and the paired difference to sparse, against the length range's
+    midpoint; forced-length studies (--min_new_tokens) dashed."""
+    studies = []
+    for out in outs:
+        f = study_flags(out)
+        lo, hi = f["gen_len"]
+        studies.append(((lo + hi) / 2, f"{lo}–{hi}", "forced" if f.get("min_new_tokens") else "free EOS",
+                        summarise(load_runs(out), order)))
+    studies.sort(key=lambda x: (x[2] != "free EOS", x[0]))
+    lines = ["| tokens | EOS | scheme | seeds | mean reward ± 2 s.e. | minus sparse ± 2 s.e. (seeds ahead) "
+             "| reward at the last step | first step > best sparse | completion tokens | seeds with KL < 0 | lowest KL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for _, rng, eos, rows in studies:
+        for r in rows:
+            vs = "-" if r["vs_sparse"] is None else "{:+.2f} ± {:.2f} ({}/{})".format(*r["vs_sparse"])
+            lines.append(f"| {rng} | {eos} | {r['label']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f} "
+                         f"| {vs} | {r['last'][0]:.2f} ± {r['last'][1]:.2f} | {r['first_best']} | {r['completion_len']:.1f} "
+                         f"| {r['kl_neg']} | {r['lowest_kl']:.2f} |")
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n\nColumns as in each study's results.md; mean reward over all steps of each "
+                 "seed, then over seeds.\n")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    schemes = order_schemes({r["scheme"] for *_, rows in studies for r in rows}, order)
+    for c, scheme in enumerate(schemes):
+        for eos, ls in (("free EOS", "-"), ("forced", "--")):
+            pts = [(x, r) for x, _, e, rows in studies if e == eos for r in rows if r["scheme"] == scheme]
+            if not pts:
+                continue
+            x = [p[0] for p in pts]
+            kw = dict(color=f"C{c % 10}", ls=ls, marker="o", capsize=3, label=f"{scheme}, {eos}")
+            a.errorbar(x, [p[1]["early_mean"] for p in pts], [p[1]["early_2se"] for p in pts], **kw)
+            vs = [p for p in pts if p[1]["vs_sparse"]]
+            if vs:
+                b.errorbar([p[0] for p in vs], [p[1]["vs_sparse"][0] for p in vs], [p[1]["vs_sparse"][1] for p in vs], **kw)
+    b.axhline(0, color="k", lw=1)
+    a.set(xlabel="completion tokens (midpoint of the range)", ylabel="mean reward over steps ± 2 s.e.",
+          title="Reward against completion length")
+    b.set(xlabel="completion tokens (midpoint of the range)", ylabel="minus sparse, paired ± 2 s.e.",
+          title="Difference to sparse")
+    for ax in (a, b):
+        ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(prefix + ".png", dpi=120), plt.close(fig)
+    return studies
+
+
+def plot_beta(outs, prefix):
+    """PREFIX.md and PREFIX.png: abc's mean reward over steps ± 2 s.e. against beta, on the seeds every
+    beta ran, beside the paper's beta sweep; and whether beta = 0 repeats the sparse runs exactly."""
+    by_beta, sparse = {}, {}
+    for out in outs:
+        for scheme, seeds in load_runs(out).items():
+            for r in seeds:
+                if r["config"] and r["config"][0] == "abc":
+                    by_beta.setdefault(r["config"][1], {})[r["seed"]] = r
+                elif r["config"] and r["config"][0] == "sparse":
+                    sparse[r["seed"]] = r
+    if not by_beta:
+        raise SystemExit("plot.py: --beta found no abc runs with a config.json")
+    common = sorted(set.intersection(*(set(v) for v in by_beta.values())))
+    lines = [f"| β | seeds | mean reward ± 2 s.e. | minus sparse ± 2 s.e. (seeds ahead) | paper |", "|---|---|---|---|---|"]
+    pts = []
+    for beta in sorted(by_beta):
+        m = np.array([by_beta[beta][i]["reward_mean"].mean() for i in common])
+        d = np.array([m_i - sparse[i]["reward_mean"].mean() for m_i, i in zip(m, common) if i in sparse])
+        pts.append((beta, *mean_2se(m)))
+        vs = "{:+.2f} ± {:.2f} ({}/{})".format(*mean_2se(d), int((d > 0).sum()), len(d)) if len(d) else "-"
+        lines.append(f"| {beta:g} | {len(common)} | {pts[-1][1]:.2f} ± {pts[-1][2]:.2f} | {vs} | {PAPER_BETA.get(beta, '-')} |")
+    if 0.0 in by_beta and sparse:
+        both = [i for i in by_beta[0.0] if i in sparse]
+        diff = max(np.abs(by_beta[0.0][i]["reward_mean"] - sparse[i]["reward_mean"]).max() for i in both)
+        lines += ["", f"β = 0 against sparse on the same seeds ({len(both)}): largest reward difference at any step {diff:.3g}."]
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    fig, a = plt.subplots(figsize=(7, 4.5))
+    a.errorbar([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], marker="o", capsize=3, color="C2",
+               label=f"abc, this project (n={len(common)})")
+    a.set(xlabel="β", ylabel="mean reward over steps ± 2 s.e.", title="Reward against β")
+    p = a.twinx()
+    p.plot(list(PAPER_BETA), list(PAPER_BETA.values()), "k--", marker=".", label="the paper (right axis)")
+    p.set_ylabel("the paper's mean reward")
+    a.legend(loc="upper left"), p.legend(loc="lower right"), a.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(prefix + ".png", dpi=120), plt.close(fig)
+    return pts
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", help="directory holding <reward>/seed<k>/metrics.jsonl")
+    p.add_argument("out", nargs="+", help="directories holding <reward>/seed<k>/metrics.jsonl")
     p.add_argument("--order", nargs="+", default=None, help="scheme order (others follow)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--lengths", metavar="PREFIX", help="across the OUT studies: PREFIX.png and PREFIX.md by length")
+    g.add_argument("--beta", metavar="PREFIX", help="across the OUT studies: PREFIX.png and PREFIX.md by abc's beta")
     args = p.parse_args(argv)
-    runs = load_runs(args.out)
-    rows = summarise(runs, args.order)
-    n_files = sum(len(v) for v in runs.values())
-    write_table(rows, os.path.join(args.out, "results.md"), n_files)
-    plot_reward(runs, os.path.join(args.out, "reward.png"), args.order)
-    plot_kl(runs, os.path.join(args.out, "kl.png"), args.order)
-    print(f"read {n_files} runs; wrote reward.png, kl.png, results.md in {args.out}")
+    if args.lengths:
+        return plot_lengths(args.out, args.lengths, args.order)
+    if args.beta:
+        return plot_beta(args.out, args.beta)
+    for out in args.out:
+        runs = load_runs(out)
+        rows = summarise(runs, args.order)
+        n_files = sum(len(v) for v in runs.values())
+        write_table(rows, runs, os.path.join(out, "results.md"), n_files)
+        plot_reward(runs, os.path.join(out, "reward.png"), args.order)
+        plot_kl(runs, os.path.join(out, "kl.png"), args.order)
+        print(f"read {n_files} runs; wrote reward.png, kl.png, results.md in {out}")
     return rows
 
 

@@ -19,10 +19,12 @@ def line(step, r, kl=0.1, tg=1.0, ts=0.5, to=0.5):
                            time_generate=tg, time_score=ts, time_optimize=to))
 
 
-def write(out, scheme, seed, lines):
+def write(out, scheme, seed, lines, **flags):
     d = out / scheme / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if flags:  # a config.json as abc_ppo.py writes it, with the flags plot.py reads
+        (d / "config.json").write_text(json.dumps(dict(flags=flags)))
 
 
 @pytest.fixture
@@ -51,9 +53,11 @@ def check_outputs(out):
     md = (out / "results.md").read_text()
     assert "mean reward, steps 0-3 ± 2 s.e." in md
     assert "first step > best sparse" in md and "exceeds the best seed-mean sparse reward of steps 0-3" in md
-    assert "| sparse | 2 | 3.00 ± 2.00 | - | 3.00 | 0.10 | never | 0 | 10.0 | 2.00 |" in md
-    # abc final KL: seeds 0 and 1 at 0.1, seed 2 mean(0.1, 0, -0.2, 0.3) = 0.05 -> 0.25 / 3 = 0.08
-    assert "| abc | 3 | 4.50 ± 1.00 | +2.00 ± 2.00 (2/2) | 4.50 | 0.08 | 2 | 1 | 10.0 | 1.50 |" in md
+    assert "| sparse | 2 | 3.00 ± 2.00 | - | 3.00 ± 2.00 (step 3) | never | 0.10 | 0 | 10.0 | 2.00 |" in md
+    # abc at the last step: 8, 7, 6 -> 7 ± 2 * 1 / sqrt(3); lowest KL after step 0: seed 2's -0.2
+    assert "| abc | 3 | 4.50 ± 1.00 | +2.00 ± 2.00 (2/2) | 7.00 ± 1.15 (step 3) | 2 | -0.20 | 1 | 10.0 | 1.50 |" in md
+    # per seed, last reward / lowest KL; sparse has no seed 2
+    assert "| 0 | 2.00 / 0.10 | 8.00 / 0.10 |" in md and "| 2 | - | 6.00 / -0.20 |" in md
     assert md.index("| sparse |") < md.index("| abc |")  # default order: sparse, uniform, abc, ...
     assert "Read 5 runs" in md
 
@@ -68,8 +72,9 @@ def test_load_runs(out):
 def test_summarise_numbers(out):
     rows = {r["scheme"]: r for r in plot.summarise(plot.load_runs(str(out)))}
     s, a = rows["sparse"], rows["abc"]
-    assert (s["early_mean"], s["early_2se"], s["final"]) == pytest.approx((3.0, 2.0, 3.0))
-    assert (a["early_mean"], a["early_2se"], a["final"]) == pytest.approx((4.5, 1.0, 4.5))
+    assert (s["early_mean"], s["early_2se"], *s["last"]) == pytest.approx((3.0, 2.0, 3.0, 2.0))
+    assert (a["early_mean"], a["early_2se"], *a["last"]) == pytest.approx((4.5, 1.0, 7.0, 2 / 3 ** 0.5))
+    assert (s["lowest_kl"], a["lowest_kl"]) == pytest.approx((0.1, -0.2))
     assert (s["first_best"], a["first_best"]) == ("never", 2)
     assert (s["kl_neg"], a["kl_neg"]) == (0, 1)
     assert (s["sec_per_step"], a["sec_per_step"]) == pytest.approx((2.0, 1.5))
@@ -79,10 +84,10 @@ def test_summarise_numbers(out):
 
 
 def test_windows(out):
-    # steps 0-1 only: sparse means 1.5, 3.5 -> 2.5 ± 2.0; last 2 steps: [3,2], [5,4] -> 2.5, 4.5 -> 3.5
-    s, a = plot.summarise(plot.load_runs(str(out)), upto=1, last=2)
+    # steps 0-1 only: sparse means 1.5, 3.5 -> 2.5 ± 2.0
+    s, a = plot.summarise(plot.load_runs(str(out)), upto=1)
     assert s["scheme"] == "sparse" and s["early_upto"] == 1
-    assert (s["early_mean"], s["early_2se"], s["final"]) == pytest.approx((2.5, 2.0, 3.5))
+    assert (s["early_mean"], s["early_2se"]) == pytest.approx((2.5, 2.0))
     # best sparse over steps 0-1 is 3 (not 4): sparse [2,3,4,3] first > 3 at step 2 (>= 3: step 1),
     # abc [2,4,5,7] first > 3 at step 1 (> 4, all steps: step 2)
     assert (s["first_best"], a["first_best"]) == (2, 1)
@@ -92,7 +97,7 @@ def test_no_sparse_and_one_seed(tmp_path):
     write(tmp_path, "abc", 0, [line(t, r) for t, r in enumerate([1, 2])])
     (r,) = plot.main([str(tmp_path)])
     assert r["first_best"] is None and r["early_2se"] == 0.0 and r["early_mean"] == pytest.approx(1.5)
-    assert "| abc | 1 | 1.50 ± 0.00 | - | 1.50 | 0.10 | - | 0 | 10.0 | 2.00 |" in (tmp_path / "results.md").read_text()
+    assert "| abc | 1 | 1.50 ± 0.00 | - | 2.00 ± 0.00 (step 1) | - | 0.10 | 0 | 10.0 | 2.00 |" in (tmp_path / "results.md").read_text()
 
 
 def test_never_and_order(out):
@@ -101,7 +106,8 @@ def test_never_and_order(out):
     assert [r["scheme"] for r in rows] == ["abc", "sparse", "uniform"]
     assert rows[2]["first_best"] == "never"
     # uniform's seed 0 mean 0 against sparse's 2: -2, one seed, so no spread
-    assert "| uniform | 1 | 0.00 ± 0.00 | -2.00 ± 0.00 (0/1) | 0.00 | 0.10 | never | 0 | 10.0 | 2.00 |" in (out / "results.md").read_text()
+    assert "| uniform | 1 | 0.00 ± 0.00 | -2.00 ± 0.00 (0/1) | 0.00 ± 0.00 (step 3) | never | 0.10 | 0 | 10.0 | 2.00 |" \
+        in (out / "results.md").read_text()
 
 
 def test_main_function(out):
@@ -129,3 +135,41 @@ def test_bad_line(tmp_path):
     write(tmp_path, "abc", 0, [line(0, 1.0), "{not json"])
     with pytest.raises(SystemExit, match="metrics.jsonl:2"):
         plot.main([str(tmp_path)])
+
+
+def test_smooth():
+    # centred 3-step mean, fewer steps at the ends: (0+3)/2, (0+3+6)/3, (3+6+9)/3, (6+9)/2
+    assert plot.smooth([0, 3, 6, 9], 3).tolist() == pytest.approx([1.5, 3.0, 6.0, 7.5])
+    assert plot.smooth([[0, 3, 6, 9]], 1).tolist() == [[0, 3, 6, 9]]
+
+
+SPARSE, ABC = ([1, 2, 3, 2], [3, 4, 5, 4]), ([2, 4, 6, 8], [3, 5, 5, 7])  # per-seed means 2, 4 and 5, 5
+
+
+def study(out, gen_len, forced=False, beta=0.8, schemes=("sparse", "abc")):
+    for scheme in schemes:
+        for seed, rs in enumerate(SPARSE if scheme == "sparse" or beta == 0 else ABC):
+            write(out, scheme, seed, [line(t, r) for t, r in enumerate(rs)], reward=scheme, beta=beta,
+                  gen_len=gen_len, min_new_tokens=forced)
+    return str(out)
+
+
+def test_lengths(tmp_path):
+    dirs = [study(tmp_path / "long", [90, 110], forced=True), study(tmp_path / "short", [8, 15])]
+    studies = plot.main(dirs + ["--lengths", str(tmp_path / "length")])
+    assert [(x, eos) for x, _, eos, _ in studies] == [(11.5, "free EOS"), (100, "forced")]  # free first, by length
+    md = (tmp_path / "length.md").read_text()
+    # abc - sparse per seed: 5 - 2, 5 - 4 -> 2 ± 2 * sqrt(2) / sqrt(2)
+    assert "| 8–15 | free EOS | abc (β 0.8) | 2 | 5.00 ± 0.00 | +2.00 ± 2.00 (2/2) |" in md
+    assert "| 90–110 | forced | sparse | 2 | 3.00 ± 2.00 | - |" in md
+    assert (tmp_path / "length.png").read_bytes()[:8] == PNG
+
+
+def test_beta(tmp_path):
+    dirs = [study(tmp_path / "b0", [8, 15], beta=0, schemes=["abc"]), study(tmp_path / "b1", [8, 15], beta=1.0)]
+    plot.main(dirs + ["--beta", str(tmp_path / "beta")])
+    md = (tmp_path / "beta.md").read_text()
+    assert "| 0 | 2 | 3.00 ± 2.00 | +0.00 ± 0.00 (0/2) | 7.94 |" in md
+    assert "| 1 | 2 | 5.00 ± 0.00 | +2.00 ± 2.00 (2/2) | 8.8 |" in md
+    assert "β = 0 against sparse on the same seeds (2): largest reward difference at any step 0." in md
+    assert (tmp_path / "beta.png").read_bytes()[:8] == PNG
