@@ -16,6 +16,7 @@ forward pass, and the schemes that turn them into per-token rewards. Plumbing li
     python abc_ppo.py --reward abc --beta 0.5
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -120,15 +121,15 @@ def load_models(args, device):
     logging.disable_progress_bar()  # keep the terminal for the training bar and one-line errors
     presets.check_architectures(args.policy, args.reward_model)  # before minutes of loading
     tok, rm_tok = presets.load_tokenizer(args.policy), presets.load_tokenizer(args.reward_model)
-    # Eager attention returns attention weights (SDPA does not): ABC reads the RM's, ABC-D the
-    # policy's; the reference uses the policy's kernel, so at step 0 log p - log p_ref is exactly 0.
-    # float32 weights whatever the checkpoint holds (--bf16 is autocast, not bfloat16 weights).
-    eager = args.reward == "abcd" or args.explain or args.faithfulness
-    kw = dict(dtype=torch.float32, **(dict(attn_implementation="eager") if eager else {}))
+    # All three run SDPA in every layer, through reward.KERNEL, which can also hand over the last
+    # layer's query and keys: ABC reads the RM's attention row, ABC-D the policy's, with no
+    # [B, heads, L, L] map. The reference uses the policy's kernel, so at step 0 log p - log p_ref
+    # is exactly 0. float32 weights whatever the checkpoint holds (--bf16 is autocast, not bfloat16 weights).
+    kw = dict(dtype=torch.float32, attn_implementation=reward.KERNEL)
     policy = presets.load("policy", AutoModelForCausalLM, args.policy, **kw).to(device).eval()
     ref = presets.load("policy", AutoModelForCausalLM, args.policy, **kw).to(device).eval().requires_grad_(False)
     rm = presets.load("reward model", AutoModelForSequenceClassification, args.reward_model,
-                      attn_implementation="eager", dtype=torch.float32).to(device).eval().requires_grad_(False)
+                      **kw).to(device).eval().requires_grad_(False)
     if args.reward == "red" and not reward.is_decoder(rm):
         fail("--reward red needs a decoder reward model, which scores every prefix; this one is an encoder")
     if rm_tok.get_vocab() == tok.get_vocab() and reward.is_decoder(rm):
@@ -197,8 +198,10 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     """One pass of the policy over prompt + completion. The vocabulary head runs only on the G
     positions that predict completion tokens. With attention=True (ABC-D) also the last-layer
     attention among the completion tokens (reward.completion_attention)."""
-    out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=reward.positions(attn_mask),
-                            output_attentions=attention, use_cache=False)  # no KV cache to build: one pass
+    queries = torch.arange(P, seq.shape[1], device=seq.device)  # ABC-D reads the completion tokens' rows
+    with reward.attention_rows(policy, queries) if attention else contextlib.nullcontext() as rows:
+        out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=reward.positions(attn_mask),
+                                use_cache=False)  # no KV cache to build: one pass
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
     # Both heads run in float32, also under --bf16, so old and new log-probs agree to float
     # precision and the PPO ratio starts at 1.
@@ -210,7 +213,7 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
     with torch.no_grad():
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-    att = reward.completion_attention(out.attentions, P) if attention else None
+    att = reward.completion_attention(rows, P) if attention else None
     return PolicyOutput(logp, values, entropy, att)
 
 

@@ -26,31 +26,33 @@ import sys
 import torch
 
 from presets import fail
-from reward import (REWARDS, abcd, attention_row, completion_attention, is_decoder, last_index, logit_score,
-                    per_token_rewards, positions, red, score_completions)
+from reward import (KERNEL, REWARDS, abcd, attention_row, attention_rows, completion_attention, is_decoder, last_index,
+                    logit_score, per_token_rewards, positions, red, score_completions)
 
 
 @torch.no_grad()
 def rm_pass(rm, ids, mask):
     """One reward-model pass over right-padded rows. Returns the score read at every position [B, L]
     (the score is the one at the last real token), and the attention row of that last token in
-    every layer, averaged over heads: [layers, B, L]."""
-    out = rm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_attentions=True)
-    last = last_index(mask)
-    return logit_score(rm.score(out.last_hidden_state)), torch.stack([attention_row(a, last) for a in out.attentions])
+    every layer, averaged over heads: [layers, B, L] (rows only: SDPA runs, no layer's map is built)."""
+    with attention_rows(rm, last_index(mask)[:, None], every_layer=True) as rows:
+        out = rm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+    return logit_score(rm.score(out.last_hidden_state)), torch.stack([attention_row(rows, n) for n in range(len(rows))])
 
 
 @torch.no_grad()
 def policy_attention(policy, ids, mask, P):
     """ABC-D's signal for rows whose completion starts at column P: [B, G, G] (reward.completion_attention)."""
-    out = policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), output_attentions=True)
-    return completion_attention(out.attentions, P)
+    with attention_rows(policy, torch.arange(P, ids.shape[1], device=ids.device)) as rows:
+        policy.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask))
+    return completion_attention(rows, P)
 
 
 @torch.no_grad()
-def occlusion(rm, ids, mask, k, chunk=512):
-    """e[b, t] = |s(row b) - s(row b without completion token t)|, for the tokens after the first k: [B, G].
-    Every deletion of every row is scored in batches of `chunk` rows."""
+def occlusion(rm, ids, mask, k, chunk=512, signed=False):
+    """e[b, t] = |s(row b) - s(row b without completion token t)|, for the tokens after the first k: [B, G]
+    (without the bars if signed: how much token t raised the score). Every deletion of every row is
+    scored in batches of `chunk` rows."""
     B, L = ids.shape
     G = L - k
     j = torch.arange(L - 1)
@@ -64,7 +66,8 @@ def occlusion(rm, ids, mask, k, chunk=512):
         s_var.append(s[torch.arange(len(s)), last_index(var_mask[i:i + chunk])])
     s_full, _ = rm_pass(rm, ids, mask)
     s_full = s_full[torch.arange(B), last_index(mask)]
-    return (s_full[None] - torch.cat(s_var).view(G, B)).abs().T * mask[:, k:]
+    e = (s_full[None] - torch.cat(s_var).view(G, B)).T  # [B, G]
+    return (e if signed else e.abs()) * mask[:, k:]
 
 
 def ranks(x, mask):
@@ -104,8 +107,8 @@ def encode(tok, texts, k, max_len):
 @torch.no_grad()
 def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
     """{scheme: (mean rank correlation, top-1 agreement)} against occlusion, for sparse, uniform,
-    abc with each layer's attention, red, and abcd when a policy sharing `tok` is given.
-    Both models must run with eager attention (SDPA returns no weights)."""
+    abc with each layer's attention, red, and abcd when a policy sharing `tok` is given. Any attention
+    kernel will do: the rows are read through reward.attention_rows."""
     device = next(rm.parameters()).device
     ids, mask = (x.to(device) for x in encode(tok, texts, k, max_len))
     comp = mask[:, k:].float()  # [N, G] completion tokens
@@ -226,3 +229,78 @@ td:last-child{{font-family:monospace;font-size:15px}} .prompt{{color:#888}} span
 """
     with open(os.path.join(out_dir, "credit.html"), "w") as f:
         f.write(page)
+
+
+@torch.no_grad()
+def mechanism(rm, eos_id, score_eos, samples, steps):
+    """Does a scheme's credit reach the advantages PPO uses? For each logged sample (samples.jsonl of a
+    run with --log_samples) at the given steps, compare the whitened GAE advantage A_t with the
+    occlusion effect d_t = s(x, y) - s(x, y without y_t), over the tokens the RM read, by the
+    faithfulness measure above, and signed:
+        adv = Spearman(|A|, |d|),  top1 = [argmax_t |A_t| = argmax_t |d_t|],  signed = Spearman(A, d),
+        credit = Spearman(|r|, |d|) for the scheme's credit r_t, before the KL term and GAE.
+    Whitening moves a whole batch by one shift and scale, so it changes the signed ranking of no sample.
+    Returns {step: dict(samples, adv, top1, signed, credit)}, correlations as (mean, 2 s.e.) over samples."""
+    device = next(rm.parameters()).device
+    out = {}
+    for step in steps:
+        rho = dict(adv=[], signed=[], credit=[])
+        hit = []
+        for x in (x for x in samples if x["step"] == step):
+            n = len(x["token_ids"]) - (not score_eos and x["token_ids"][-1] == eos_id)  # tokens the RM read
+            if n < 2:
+                continue
+            ids = torch.tensor([x["prompt_ids"] + x["token_ids"][:n]], device=device)
+            comp = torch.ones(1, n, device=device)
+            d = occlusion(rm, ids, torch.ones_like(ids), len(x["prompt_ids"]), signed=True)  # [1, n]
+            a, r = (torch.tensor([x[key][:n]], device=device) for key in ("advantage", "credit"))
+            for key, (u, v) in dict(adv=(a.abs(), d.abs()), signed=(a, d), credit=(r.abs(), d.abs())).items():
+                rho[key].append(spearman(u, v, comp).item())
+            hit.append(float(top1(a.abs(), comp) == top1(d.abs(), comp)))
+        stat = lambda v: _mean_2se([r for r in v if r == r])  # NaN: a constant row has no ranking
+        out[step] = dict(samples=len(hit), top1=sum(hit) / max(len(hit), 1), **{k: stat(v) for k, v in rho.items()})
+    return out
+
+
+def _mean_2se(v):
+    m = sum(v) / len(v)
+    return m, 2 * (sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v)) ** 0.5 if len(v) > 1 else 0.0
+
+
+def mechanism_report(runs, steps):
+    """python credit.py --mechanism RUN [RUN ...]: the mechanism table, one row per run and step,
+    each RUN a folder of abc_ppo.py --log_samples B with its config.json."""
+    from transformers import AutoModelForSequenceClassification
+
+    from presets import load, load_tokenizer
+
+    lines = ["| tokens | run | step | samples | Spearman(\\|A\\|, \\|d\\|) ± 2 s.e. | top-1 of \\|A\\| | Spearman(A, d) "
+             "| Spearman(\\|credit\\|, \\|d\\|) |", "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        try:
+            flags = json.load(open(os.path.join(run, "config.json")))["flags"]
+            samples = [json.loads(line) for line in open(os.path.join(run, "samples.jsonl"))]
+        except (OSError, ValueError, KeyError) as e:
+            fail(f"--mechanism: {run} is not a run with config.json and samples.jsonl ({e})")
+        if flags["reward_model"] != flags["policy"] and load_tokenizer(flags["reward_model"]).get_vocab() != \
+                load_tokenizer(flags["policy"]).get_vocab():
+            fail("--mechanism: the RM's tokenizer differs from the policy's; the samples are policy tokens")
+        rm = load("reward model", AutoModelForSequenceClassification, flags["reward_model"],
+                  attn_implementation=KERNEL, dtype=torch.float32).eval()
+        eos = load_tokenizer(flags["policy"]).eos_token_id
+        name = f"{flags['reward']}" + (f" (β {flags['beta']:g})" if flags["reward"] in ("abc", "abcd") else "")
+        for step, r in mechanism(rm, eos, flags["score_eos"], samples, steps).items():
+            lines.append(f"| {flags['gen_len'][0]}–{flags['gen_len'][1]} | {name}, seed {flags['seed']} | {step} "
+                         f"| {r['samples']} | {r['adv'][0]:+.2f} ± {r['adv'][1]:.2f} | {r['top1']:.2f} "
+                         f"| {r['signed'][0]:+.2f} ± {r['signed'][1]:.2f} | {r['credit'][0]:+.2f} ± {r['credit'][1]:.2f} |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="credit views that read finished runs")
+    p.add_argument("--mechanism", nargs="+", metavar="RUN", required=True, help="run folders with samples.jsonl")
+    p.add_argument("--steps", nargs="+", type=int, default=[0, 20, 79])
+    a = p.parse_args()
+    mechanism_report(a.mechanism, a.steps)

@@ -8,7 +8,13 @@ score read at every prefix (RED). The schemes then return float rewards r [B, T]
 `mask` is 1 on real completion tokens and 0 on padding or on anything after the end of the
 completion. `per_token_rewards` picks the scheme that --reward names.
 """
+import contextlib
+from types import SimpleNamespace
+
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import retokenize
 
@@ -31,15 +37,91 @@ def last_index(attn_mask):
     return (attn_mask * torch.arange(attn_mask.shape[1], device=attn_mask.device)).argmax(1)
 
 
-def attention_row(attentions, i):
-    """Row i[b] of the attention map [B, heads, L, L], averaged over heads: [B, L]."""
-    return attentions[torch.arange(len(i), device=i.device), :, i].mean(1).float()
+def attention_row(rows, layer=-1):
+    """One layer's (the last by default) attention row, averaged over heads, from `attention_rows`
+    asked for one query position per batch row: [B, L]."""
+    return rows[layer][:, 0]
 
 
 def logit_score(logits):
     """The paper's score: logit_1 - logit_0 for two labels, the single logit for one: [..., C] -> [...]."""
     logits = logits.float()
     return logits[..., 1] - logits[..., 0] if logits.shape[-1] == 2 else logits[..., 0]
+
+
+# Reading attention without the attention map ---------------------------------------------------------
+# ABC needs one row of the RM's last-layer attention, ABC-D the policy's last-layer rows among the
+# completion tokens. Eager attention gives them only by building every layer's full [B, heads, L, L]
+# map: memory quadratic in L, and no fast kernel. Instead every model runs KERNEL, PyTorch's SDPA
+# (which itself takes a flash or memory-efficient kernel where the device has one), and inside
+# `attention_rows` the last layer's call also computes the rows asked for from that layer's query
+# and keys, then lets them go. It is an attention function registered with transformers, not a patch
+# on a model class, because Hugging Face models hand every layer's query and keys (after RoPE, before
+# the grouped-query repeat) to that one function: one place, any decoder. Its own name leaves a
+# plain "sdpa" model elsewhere in the process alone.
+KERNEL = "sdpa_rows"
+
+
+def softmax_rows(query, key, mask, scaling, causal, i):
+    """Head-averaged attention rows of one layer at query positions i [B, R] (or [R] for every row):
+        A[b, r, j] = mean over heads of softmax_j(scaling * q_{i[b, r]} . k_j + mask)      [B, R, L]
+    from query [B, heads, L, d] and key [B, kv heads, L, d], R x L scores per head, never the L x L
+    map. mask is what SDPA gets: [B or 1, 1, L, L] boolean (True: may attend), or None, which means
+    causal when `causal`, else no mask."""
+    (B, H, Lq, d), (Hkv, Lk) = query.shape, key.shape[1:3]
+    i = i.expand(B, -1)  # [B, R]
+    b = torch.arange(B, device=i.device)[:, None]  # [B, 1]
+    with torch.autocast(query.device.type, enabled=False):  # float32 rows, also under --bf16
+        q = query[b, :, i].float().unflatten(2, (Hkv, H // Hkv))  # [B, R, kv heads, group, d]: GQA
+        s = torch.einsum("brgnd,bgkd->brgnk", q, key.float()).flatten(2, 3) * (scaling or d ** -0.5)  # [B, R, H, Lk]
+    if mask is None and causal:  # key j is seen from query i iff j <= i
+        mask = torch.arange(Lk, device=i.device) <= i[:, :, None, None] + (Lk - Lq)  # [B, R, 1, Lk]
+    elif mask is not None:
+        mask = mask.expand(B, -1, -1, -1)[b, :, i]  # [B, R, 1, Lk]: the mask's rows i
+    if mask is not None:  # the smallest float, not -inf, as eager attention: a fully masked row stays finite
+        s = s.masked_fill(~mask, torch.finfo(s.dtype).min) if mask.dtype == torch.bool else s + mask.float()
+    return s.softmax(-1).mean(2)  # [B, R, Lk]
+
+
+_reading = None  # inside `attention_rows`: what to compute, and the attention calls seen so far
+
+
+def sdpa_rows(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """KERNEL: transformers' SDPA attention, unchanged; inside `attention_rows` the last layer's call
+    (every layer's, with every_layer) also computes the rows asked for."""
+    r = _reading
+    if r is not None:
+        r.calls += 1  # a pass calls attention once per layer, in order
+        if r.every_layer or r.calls == r.layers:
+            causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+            r.rows.append(softmax_rows(query, key, attention_mask, scaling, causal, r.i))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  is_causal=is_causal, **kwargs)
+
+
+AttentionInterface.register(KERNEL, sdpa_rows)
+AttentionMaskInterface.register(KERNEL, sdpa_mask)  # the masks SDPA gets: boolean, or None when causal alone will do
+
+
+@contextlib.contextmanager
+def attention_rows(model, i, every_layer=False):
+    """Run the one pass inside on KERNEL, and yield a list that then holds the last layer's attention
+    rows at query positions i [B, R] (or [R]), [B, R, L] (softmax_rows); every layer's with every_layer.
+    A model loaded with another kernel (eager, plain sdpa) is switched to KERNEL for the pass, then back."""
+    global _reading
+    kernel, layers = model.config._attn_implementation, model.config.num_hidden_layers
+    if kernel != KERNEL:
+        model.set_attn_implementation(KERNEL)
+    _reading = r = SimpleNamespace(i=i, every_layer=every_layer, layers=layers, calls=0, rows=[])
+    try:
+        yield r.rows
+    finally:
+        _reading = None
+        if kernel != KERNEL:
+            model.set_attn_implementation(kernel)
+    if r.calls != layers:
+        raise RuntimeError(f"{r.calls} attention calls through {KERNEL} for {layers} layers: run one pass, "
+                           "on a model whose every layer calls its attention through transformers' AttentionInterface")
 
 
 @torch.no_grad()
@@ -52,13 +134,14 @@ def score(rm, seq, attn_mask):
     head also runs at every position, which costs nothing and gives RED its prefix scores.
     Returns score [B], attention [B, L] and prefix scores [B, L] (None for an encoder)."""
     if not is_decoder(rm):
-        out = rm(input_ids=seq, attention_mask=attn_mask, output_attentions=True)
-        return logit_score(out.logits), attention_row(out.attentions[-1], torch.zeros_like(seq[:, 0])), None
-    out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
-                        output_attentions=True)
-    scores = logit_score(rm.score(out.last_hidden_state))  # [B, L]
+        with attention_rows(rm, torch.zeros_like(seq[:, :1])) as rows:  # SDPA; the row of the last layer
+            out = rm(input_ids=seq, attention_mask=attn_mask)
+        return logit_score(out.logits), attention_row(rows), None
     last = last_index(attn_mask)
-    return scores[torch.arange(len(last)), last], attention_row(out.attentions[-1], last), scores
+    with attention_rows(rm, last[:, None]) as rows:
+        out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask))
+    scores = logit_score(rm.score(out.last_hidden_state))  # [B, L]
+    return scores[torch.arange(len(last)), last], attention_row(rows), scores
 
 
 def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
@@ -80,11 +163,12 @@ def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
     return s, attention[:, P:] * rm_mask, prefix
 
 
-def completion_attention(attentions, P):
-    """ABC-D's signal: the policy's last-layer attention among the completion tokens, averaged over
-    heads, A[q, j] from completion token q to token j: [B, G, G]. Causal attention makes it equal
-    to the attention the policy paid while generating."""
-    return attentions[-1][:, :, P:, P:].mean(1).float()
+def completion_attention(rows, P):
+    """ABC-D's signal, from `attention_rows` of a policy pass asked for the query rows P, P+1, ..., the
+    completion tokens: the policy's last-layer attention among the completion tokens, averaged over
+    heads, A[q, j] from completion token q to token j: [B, G, G]. Causal attention makes it equal to
+    the attention the policy paid while generating."""
+    return rows[-1][:, :, P:]
 
 
 # The schemes ------------------------------------------------------------------------------------

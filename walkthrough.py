@@ -37,8 +37,8 @@ OUT = os.environ.get("WALKTHROUGH_OUT", "runs/walkthrough")
 os.makedirs(OUT, exist_ok=True)
 mini.ensure(MINI_DIR)  # about two minutes the first time, then reused
 
-# The same flags abc_ppo.py takes. --reward abcd loads the policy with eager attention, so that
-# its attention can be read too. The models are loaded once; a policy to train is a copy.
+# The same flags abc_ppo.py takes; with --reward abcd the policy's attention is read too. The models
+# are loaded once; a policy to train is a copy.
 args = abc_ppo.parse_args(["--preset", "mini", "--mini_dir", MINI_DIR, "--reward", "abcd", "--beta", "0.5"])
 device = torch.device("cpu")
 models = abc_ppo.load_models(args, device)
@@ -101,8 +101,9 @@ print("completion:", repr(tok.decode(ids[P:])))
 score, attention, prefix_scores = reward.score_completions(rm, models.rm_tok, tok, seq, prompt_mask, comp_mask,
                                                            args.score_eos)  # [1], [1, G], [1, G+1]
 print(f"RM score {score.item():+.3f}")
-with torch.no_grad():
-    att_map = rm(seq, attention_mask=torch.ones_like(seq), output_attentions=True).attentions[-1][0].mean(0)  # [L, L]
+with torch.no_grad(), reward.attention_rows(rm, torch.arange(len(ids))) as rows:  # every query's row
+    rm(seq, attention_mask=torch.ones_like(seq))
+att_map = rows[-1][0]  # [L, L]: the last layer, averaged over heads
 fig, ax = plt.subplots(figsize=(7, 6))
 ax.imshow(att_map, cmap="viridis")
 ax.set_xticks(range(len(ids)), words(ids), rotation=90)
@@ -312,15 +313,16 @@ print(f"with only the score {e.rm_score[0]:+.3f} on token {n0 - 1} and V = 0: A_
 # from each of them differs.
 
 # %%
-with torch.no_grad():
-    ones = torch.ones_like(seq)
-    rm_layers = rm(seq, attention_mask=ones, output_attentions=True).attentions  # [1, heads, L, L] each
-    policy_layers = policy(seq, attention_mask=ones, output_attentions=True).attentions
+L = seq.shape[1]
+with torch.no_grad(), reward.attention_rows(rm, torch.tensor([L - 1]), every_layer=True) as rm_layers:
+    rm(seq, attention_mask=torch.ones_like(seq))  # the scored token's row in each layer: [1, 1, L] each
+with torch.no_grad(), reward.attention_rows(policy, torch.arange(P, L), every_layer=True) as policy_layers:
+    policy(seq, attention_mask=torch.ones_like(seq))  # the completion tokens' rows in each layer: [1, G, L] each
 for i, a in enumerate(rm_layers):
-    row = a[0, :, -1, P:].mean(0)[None]  # the scored token's row over the completion: [1, G]
+    row = a[:, 0, P:]  # the scored token's row over the completion: [1, G]
     print(f"RM layer {i}, abc:     " + " ".join(f"{c:+.2f}" for c in reward.abc(score, row, mask, 1.0)[0].tolist()))
 for i, a in enumerate(policy_layers):
-    A = a[:, :, P:, P:].mean(1)  # [1, G, G] between completion tokens
+    A = a[:, :, P:]  # [1, G, G] between completion tokens
     print(f"policy layer {i}, abcd: " + " ".join(f"{c:+.2f}" for c in reward.abcd(score, A, mask, 1.0)[0].tolist()))
 
 # %% [markdown]

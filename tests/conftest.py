@@ -71,6 +71,28 @@ def tiny_rm(tiny):
     return AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"], attn_implementation="eager").eval()
 
 
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory):
+    """A tiny DistilBERT classifier with a word-level tokenizer that wraps text in [CLS] ... [SEP]:
+    a reward model whose tokenizer and architecture differ from the policy's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS, "good"]))}
+    wl = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    wl.pre_tokenizer = pre_tokenizers.Whitespace()
+    wl.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=wl, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]")
+    torch.manual_seed(0)
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2,
+                                                                 hidden_dim=64, max_position_embeddings=64))
+    path = tmp_path_factory.mktemp("encoder")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
 SMALL = dict(n_layer=2, n_embd=64, n_head=2, n_positions=128)
 
 

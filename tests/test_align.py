@@ -2,32 +2,11 @@
 import pytest
 import torch
 from conftest import WORDS, pad, read_metrics, tiny_args
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DistilBertConfig,
-                          DistilBertForSequenceClassification, GPT2ForSequenceClassification,
-                          PreTrainedTokenizerFast)
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
 
 import abc_ppo
 import mini
 import reward
-
-
-@pytest.fixture(scope="module")
-def encoder_dir(tmp_path_factory):
-    """A tiny DistilBERT classifier with a word-level tokenizer that wraps text in [CLS] ... [SEP]."""
-    vocab = {w: i for i, w in enumerate(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS, "good"]))}
-    wl = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    wl.pre_tokenizer = pre_tokenizers.Whitespace()
-    wl.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=wl, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                  sep_token="[SEP]")
-    torch.manual_seed(0)
-    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2,
-                                                                 hidden_dim=64, max_position_embeddings=64))
-    path = tmp_path_factory.mktemp("encoder")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

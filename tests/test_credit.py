@@ -8,22 +8,39 @@ from transformers import AutoModelForCausalLM
 
 import abc_ppo
 import credit
+import reward
 
 
 class BagOfWords(torch.nn.Module):
     """A reward model whose score at position i is sum_{j <= i} w[token j], with uniform causal
-    attention: deleting completion token t moves the final score by exactly w[y_t]."""
+    attention (one layer, through reward.KERNEL, as a Hugging Face model's layers call it): deleting
+    completion token t moves the final score by exactly w[y_t]."""
+    config = SimpleNamespace(_attn_implementation=reward.KERNEL, num_hidden_layers=1)
 
     def __init__(self, w):
         super().__init__()
         self.w = torch.nn.Parameter(w, requires_grad=False)
         self.score = torch.nn.Identity()
 
-    def base_model(self, input_ids, attention_mask, position_ids, output_attentions):
+    def base_model(self, input_ids, attention_mask, position_ids):
         h = (self.w[input_ids] * attention_mask).cumsum(1)[..., None]  # [B, L, 1]
-        L = input_ids.shape[1]
-        att = torch.tril(torch.ones(L, L)) * attention_mask[:, None, None, :]
-        return SimpleNamespace(last_hidden_state=h, attentions=(att / att.sum(-1, keepdim=True).clamp(min=1),))
+        B, L = input_ids.shape
+        zeros = torch.zeros(B, 1, L, 1)  # query = key = 0: uniform weights over the keys a query sees
+        seen = torch.tril(torch.ones(L, L, dtype=torch.bool)) & attention_mask.bool()[:, None, None, :]  # [B, 1, L, L]
+        reward.sdpa_rows(self, zeros, zeros, zeros, seen)
+        return SimpleNamespace(last_hidden_state=h)
+
+
+def test_mechanism_by_hand():
+    # Deleting token y_t moves BagOfWords' score by w[y_t], so d_t = w[y_t]. An advantage that is an
+    # increasing function of it ranks the tokens as d does (Spearman 1, same top token); a credit that
+    # is a decreasing one ranks them backwards (-1). The final EOS (token 0) is dropped at score_eos 0.
+    w = torch.tensor([0.0, 1.0, 3.0, 0.5, 2.0])
+    sample = dict(step=7, prompt_ids=[1], token_ids=[2, 3, 4, 1, 0], advantage=[4.0, 0.0, 2.0, 1.0, 9.0],
+                  credit=[0.1, 2.0, 0.5, 1.0, 0.0])
+    (r,) = credit.mechanism(BagOfWords(w), 0, 0, [sample, dict(sample, step=8)], [7]).values()
+    assert r["samples"] == 1 and r["top1"] == 1.0
+    assert (r["adv"][0], r["signed"][0], r["credit"][0]) == pytest.approx((1.0, 1.0, -1.0))
 
 
 def test_occlusion_by_hand():

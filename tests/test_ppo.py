@@ -97,6 +97,11 @@ def test_rollout_masks_lengths_and_eos(tiny, policy_tok):
             assert mask[b, :n].all() and not mask[b, n:].any()
             ended["eos" if len(eos) and n < lengths[b] else "limit"] += 1
     assert ended["eos"] and ended["limit"]  # both ways a row ends were exercised
+    # --min_new_tokens: with the same raised EOS logit, no row ends before its drawn length.
+    for _ in range(5):
+        seq, mask = abc_ppo.rollout(policy, tok, prompt_ids, prompt_mask, lengths, min_new_tokens=True)
+        assert mask.sum(1).tolist() == lengths.tolist()
+        assert not (seq[:, P:][mask.bool()] == tok.eos_token_id).any()
 
 
 # --- GAE and the PPO loss, against values worked by hand -------------------------------------
@@ -478,3 +483,10 @@ def test_log_samples_and_credit_html(tiny, tmp_path):
     spans = rows[1].findall(".//td/span")
     assert len(spans) == 1 + len(samples[0]["tokens"])  # the prompt, then one span per token
     assert [float(s.get("title")) for s in spans[1:]] == pytest.approx(samples[0]["credit"], abs=1e-4)
+
+
+def test_min_new_tokens_is_opt_in_and_warns_in_one_line(capsys):
+    assert not abc_ppo.parse_args(["--preset", "mini"]).min_new_tokens and not capsys.readouterr().err
+    assert abc_ppo.parse_args(["--preset", "mini", "--min_new_tokens"]).min_new_tokens
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and "negative" in err[0]
