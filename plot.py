@@ -291,12 +291,14 @@ def plot_lengths(outs, prefix, order=None):
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
     schemes = order_schemes({r["scheme"] for *_, rows in studies for r in rows}, order)
     for c, scheme in enumerate(schemes):
-        for eos, ls in (("free EOS", "-"), ("forced", "--")):
-            pts = [(x, r) for x, _, e, rows in studies if e == eos for r in rows if r["scheme"] == scheme]
+        # forced: dashed, hollow squares, a little to the right so that the bars do not overlap
+        for eos, ls, marker, dx in (("free EOS", "-", "o", 0), ("forced", "--", "s", 2)):
+            pts = [(x + dx, r) for x, _, e, rows in studies if e == eos for r in rows if r["scheme"] == scheme]
             if not pts:
                 continue
             x = [p[0] for p in pts]
-            kw = dict(color=f"C{c % 10}", ls=ls, marker="o", capsize=3, label=f"{scheme}, {eos}")
+            kw = dict(color=f"C{c % 10}", ls=ls, marker=marker, mfc="white" if dx else None, capsize=3,
+                      label=f"{scheme}, {eos}")
             a.errorbar(x, [p[1]["early_mean"] for p in pts], [p[1]["early_2se"] for p in pts], **kw)
             vs = [p for p in pts if p[1]["vs_sparse"]]
             if vs:
