@@ -370,7 +370,7 @@ def main(argv=None):
     # Fail on an unwritable output folder, or a resumed run with other flags, before minutes of loading.
     try:
         os.makedirs(args.out_dir, exist_ok=True)
-        checkpoints.write_config(args)  # config.json: every flag, library versions, git commit
+        checkpoints.write_config(args)  # config.json: every flag, versions, git commit, model fingerprints
         mode = "a" if args.resume else "w"
         metrics_file = open(os.path.join(args.out_dir, "metrics.jsonl"), mode)
         samples_file = open(os.path.join(args.out_dir, "samples.jsonl"), mode) if args.log_samples else None

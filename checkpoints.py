@@ -1,9 +1,11 @@
 """A run's record: its config, and checkpoints with everything needed to continue it exactly.
 
-<out_dir>/config.json holds every resolved flag, the library versions and the git commit.
+<out_dir>/config.json holds every resolved flag, the library versions, the git commit and a fingerprint
+of the models the run started from.
 <out_dir>/checkpoint holds the policy and tokenizer (save_pretrained) and trainer_state.pt:
 the value head, Adam's state, the KL coefficient and every random generator's state.
 """
+import hashlib
 import json
 import os
 import random
@@ -21,24 +23,45 @@ PLACE = {"steps", "out_dir", "resume", "save_every", "log_samples", "device", "m
 
 
 def write_config(args):
-    """Write <out_dir>/config.json. With --resume, first compare the flags with the run's own
-    config.json and stop, with one line, at one that changes the experiment."""
+    """Write <out_dir>/config.json. With --resume, first compare the flags and the models with the run's
+    own config.json and stop, with one line, at one that changes the experiment."""
     path = os.path.join(args.out_dir, "config.json")
     flags = vars(args)
+    models = dict(policy=fingerprint(args.policy), reward_model=fingerprint(args.reward_model))
     if args.resume and os.path.exists(path):
         with open(path) as f:
-            before = json.load(f)["flags"]
+            before = json.load(f)
         for k, v in flags.items():
-            if k not in PLACE and k in before and before[k] != v:
-                fail(f"--resume: --{k} is {v} here but {before[k]} in {path}, a different experiment; "
+            if k not in PLACE and k in before["flags"] and before["flags"][k] != v:
+                fail(f"--resume: --{k} is {v} here but {before['flags'][k]} in {path}, a different experiment; "
                      f"resume with the run's own flags or start a new --out_dir")
+        if before.get("models", models) != models:
+            fail(f"--resume: the models here ({models}) are not the ones in {path} ({before['models']}); "
+                 f"the mini preset builds other weights on another CPU (docs/mini.md): start a new --out_dir")
     import datasets
     import transformers
 
     versions = dict(python=platform.python_version(), torch=torch.__version__,
                     transformers=transformers.__version__, datasets=datasets.__version__)
     with open(path, "w") as f:
-        json.dump(dict(flags=flags, versions=versions, git=git_commit()), f, indent=1)
+        json.dump(dict(flags=flags, versions=versions, git=git_commit(), models=models), f, indent=1)
+
+
+def fingerprint(name):
+    """The first 16 hex digits of sha256 over a local model folder's weight files; None for a hub name.
+    The same recipe and seed can build other weights on another CPU (docs/mini.md), so a run records
+    which ones it started from, and plot.py refuses to pair seeds trained on different ones."""
+    if not os.path.isdir(name):
+        return None
+    files = sorted(f for f in os.listdir(name) if f.endswith((".safetensors", ".bin")))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for file in files:
+        with open(os.path.join(name, file), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def git_commit():

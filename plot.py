@@ -46,13 +46,16 @@ def read_metrics(path):
 
 
 def read_config(metrics_path):
-    """(reward, beta) of a run from the config.json beside its metrics, or None without one."""
+    """dict(config=(reward, beta), models=...) of a run from the config.json beside its metrics (models:
+    the fingerprints of the models it started from, None for a run that predates them), or Nones."""
     path = os.path.join(os.path.dirname(metrics_path), "config.json")
     if not os.path.exists(path):
-        return None
+        return dict(config=None, models=None)
     try:
-        flags = json.load(open(path))["flags"]
-        return flags["reward"], float(flags["beta"])
+        config = json.load(open(path))
+        models = config.get("models")
+        return dict(config=(config["flags"]["reward"], float(config["flags"]["beta"])),
+                    models=json.dumps(models, sort_keys=True) if models else None)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"plot.py: {path}: not a run config ({type(e).__name__}: {e})")
 
@@ -68,7 +71,8 @@ def label(scheme, seeds):
 
 def load_runs(out):
     """OUT -> {scheme: [run, ...]} (one run per seed, sorted by seed, its number in run["seed"], its
-    (reward, beta) in run["config"]), each run cut to the steps common to all seeds."""
+    (reward, beta) in run["config"], its models' fingerprints in run["models"]), each run cut to the
+    steps common to all seeds."""
     if not os.path.isdir(out):
         raise SystemExit(f"plot.py: {out} is not a readable directory")
     runs = {}
@@ -76,7 +80,7 @@ def load_runs(out):
         m = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.dirname(path)))
         if m:
             scheme = os.path.basename(os.path.dirname(os.path.dirname(path)))
-            runs.setdefault(scheme, []).append((int(m.group(1)), read_metrics(path) | dict(config=read_config(path))))
+            runs.setdefault(scheme, []).append((int(m.group(1)), read_metrics(path) | read_config(path)))
     if not runs:
         raise SystemExit(f"plot.py: no metrics files found under {out}/<reward>/seed<k>/metrics.jsonl")
     for scheme, seeds in runs.items():
@@ -85,8 +89,18 @@ def load_runs(out):
         if not common:
             raise SystemExit(f"plot.py: seeds of {scheme} share no steps")
         runs[scheme] = [{k: v[np.isin(r["step"], list(common))] for k, v in r.items() if k in KEYS}
-                        | dict(seed=i, config=r["config"]) for i, r in seeds]
+                        | dict(seed=i, config=r["config"], models=r["models"]) for i, r in seeds]
+    one_build([r for seeds in runs.values() for r in seeds], out)
     return runs
+
+
+def one_build(runs, where):
+    """Stop if the runs started from different models: pairing seeds across two builds compares models,
+    not schemes (mini builds other weights on another CPU; docs/mini.md)."""
+    models = {r["models"] for r in runs} - {None}
+    if len(models) > 1:
+        raise SystemExit(f"plot.py: the runs in {where} started from {len(models)} different models "
+                         f"(config.json \"models\"); a study compares schemes on one policy and reward model")
 
 
 def order_schemes(schemes, order=None):
@@ -327,6 +341,7 @@ def plot_beta(outs, prefix):
                     sparse[r["seed"]] = r
     if not by_beta:
         raise SystemExit("plot.py: --beta found no abc runs with a config.json")
+    one_build([r for runs in (*by_beta.values(), sparse) for r in runs.values()], " ".join(outs))
     common = sorted(set.intersection(*(set(v) for v in by_beta.values())))
     lines = [f"| β | seeds | mean reward ± 2 s.e. | minus sparse ± 2 s.e. (seeds ahead) | paper |", "|---|---|---|---|---|"]
     pts = []
