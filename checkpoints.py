@@ -15,6 +15,7 @@ import subprocess
 
 import torch
 
+import mini
 from presets import fail, first_line
 
 
@@ -27,7 +28,7 @@ def write_config(args):
     own config.json and stop, with one line, at one that changes the experiment."""
     path = os.path.join(args.out_dir, "config.json")
     flags = vars(args)
-    models = dict(policy=fingerprint(args.policy), reward_model=fingerprint(args.reward_model))
+    models = dict(policy=mini.fingerprint(args.policy), reward_model=mini.fingerprint(args.reward_model))
     if args.resume and os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
@@ -45,23 +46,6 @@ def write_config(args):
                     transformers=transformers.__version__, datasets=datasets.__version__)
     with open(path, "w") as f:
         json.dump(dict(flags=flags, versions=versions, git=git_commit(), models=models), f, indent=1)
-
-
-def fingerprint(name):
-    """The first 16 hex digits of sha256 over a local model folder's weight files; None for a hub name.
-    The same recipe and seed can build other weights on another CPU (docs/mini.md), so a run records
-    which ones it started from, and plot.py refuses to pair seeds trained on different ones."""
-    if not os.path.isdir(name):
-        return None
-    files = sorted(f for f in os.listdir(name) if f.endswith((".safetensors", ".bin")))
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for file in files:
-        with open(os.path.join(name, file), "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def git_commit():

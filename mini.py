@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import os
+import platform
 import random
 import shutil
 import sys
@@ -35,7 +36,16 @@ from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "data", "reviews.jsonl")
-MINI_DIR = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
+# The reference build, committed with the code, is the default --mini_dir: the same policy and RM on
+# every machine. The recipe alone cannot promise that: another kind of CPU adds floats in another
+# order and trains other weights from the same seed (docs/mini.md). So the preset loads these files,
+# checks them against the fingerprints below, and never rebuilds them; `python mini.py` builds anew
+# into CACHE (or --mini_dir), for another seed or corpus. Made by `python mini.py --seed 0` on the CPU
+# that data/mini/manifest.json names.
+REFERENCE = os.path.join(HERE, "data", "mini")
+REFERENCE_FINGERPRINTS = dict(policy="b6814e1cd5a5462f", reward_model="008d87767ef1d082")
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
+MINI_DIR = REFERENCE
 EOS = "<|endoftext|>"
 SIZE = dict(n_layer=4, n_embd=128, n_head=4, n_positions=256)  # ~1.3M parameters with a 4096 vocab
 # An LM training text joins 12..24 same-label reviews (a review runs 11-18 tokens), cut at n_positions
@@ -49,6 +59,7 @@ RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 10), 1200, 5e-4
 # Bumped whenever build() changes what it makes, so that a cache from an older recipe is rebuilt.
 RECIPE = 3
 LONG = 160  # the longest completion the preset is built for
+MODELS = ("policy", "reward_model")
 
 
 def read_reviews(path):
@@ -263,13 +274,19 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
         tok.save_pretrained(os.path.join(tmp, name))
     with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
         f.writelines(json.dumps({"text": t, "label": l}) + "\n" for t, l in test)
-    manifest = dict(recipe=RECIPE, data=os.path.abspath(data), corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
+    # The corpus's path relative to this file when it lies beside it, so a build committed with the
+    # repository still finds its corpus in another clone.
+    data = os.path.abspath(data)
+    if data.startswith(HERE + os.sep):
+        data = os.path.relpath(data, HERE)
+    manifest = dict(recipe=RECIPE, data=data, corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
                     lm_reviews=lm_reviews, rm_reviews=rm_reviews, policy_ends_before=shares,
                     rm_heldout_accuracy=round(acc, 4), rm_long_accuracy=round(long_acc, 4), rm_layers=rm_layers,
                     faithfulness=faith, faithfulness_long=faith_long, vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
-                    transformers=transformers.__version__, tokenizers=tokenizers.__version__)
+                    transformers=transformers.__version__, tokenizers=tokenizers.__version__,
+                    cpu=cpu_name(), fingerprints={k: fingerprint(os.path.join(tmp, k)) for k in MODELS})
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.rmtree(out, ignore_errors=True)
@@ -284,7 +301,8 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
 
 
 def check(out):
-    """Raise ValueError if the cache at `out` is missing, partial or corrupt; else return its manifest."""
+    """Raise ValueError if the build at `out` is missing, partial or corrupt, or its weights are not the
+    ones its manifest (for the reference: REFERENCE_FINGERPRINTS) names; else return its manifest."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -296,19 +314,34 @@ def check(out):
         AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "reward_model"))
         if not os.path.getsize(os.path.join(out, "prompts.jsonl")):
             raise ValueError("prompts.jsonl is empty")
+        want = REFERENCE_FINGERPRINTS if is_reference(out) else manifest.get("fingerprints", {})
+        for k, fp in want.items():
+            if fingerprint(os.path.join(out, k)) != fp:
+                raise ValueError(f"the {k} weights have fingerprint {fingerprint(os.path.join(out, k))}, not {fp}")
     except Exception as e:
         raise ValueError(f"{out}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     return manifest
 
 
+def is_reference(out):
+    return os.path.realpath(out) == os.path.realpath(REFERENCE)
+
+
 def ensure(out=MINI_DIR):
-    """Reuse a sound cache; rebuild a missing or corrupt one, one made by an older recipe, or one whose
-    corpus file has changed."""
+    """The reference build is checked, never rebuilt: a damaged one raises ValueError. Any other
+    folder is a cache: reuse a sound one; rebuild a missing or corrupt one, one made by an older
+    recipe, or one whose corpus file has changed."""
+    if is_reference(out):
+        try:
+            return check(out)
+        except ValueError as e:
+            raise ValueError(f"{e}; the committed reference build is damaged: restore it with "
+                             f"`git checkout -- {os.path.relpath(out)}`") from None
     data = CORPUS
     if os.path.exists(out):
         try:
             manifest = check(out)
-            data = manifest["data"]
+            data = os.path.join(HERE, manifest["data"])  # a relative path is the repository's
             if manifest.get("recipe") != RECIPE:
                 print(f"mini: {out} was built by an older recipe of mini.py; rebuilding", file=sys.stderr)
             elif not os.path.exists(data) or sha256(data) == manifest["corpus_sha256"]:
@@ -325,10 +358,37 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def fingerprint(name):
+    """The first 16 hex digits of sha256 over a local model folder's weight files; None for a hub name.
+    The same recipe and seed builds other weights on another kind of CPU (docs/mini.md), so a build
+    records its models' fingerprints and every run the ones it started from."""
+    if not os.path.isdir(name):
+        return None
+    files = sorted(f for f in os.listdir(name) if f.endswith((".safetensors", ".bin")))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for file in files:
+        with open(os.path.join(name, file), "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cpu_name():
+    """The CPU's model name and the vector instructions torch runs on: what a build's float order depends on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), platform.processor())
+    except OSError:
+        name = platform.processor()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Build the mini preset (tokenizer, policy, reward model).")
     p.add_argument("--data", default=CORPUS, help="labelled .jsonl or .csv with 'text' and 'label' columns")
-    p.add_argument("--mini_dir", default=MINI_DIR)
+    p.add_argument("--mini_dir", default=CACHE, help="where to build (the committed reference is data/mini)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     try:

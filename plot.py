@@ -3,9 +3,11 @@
     python plot.py OUT [OUT ...] [--order sparse uniform abc]
     python plot.py assets/length-* assets/forced-* --lengths assets/length    # the length figure
     python plot.py assets/beta-8-15/* assets/length-8-15 --beta assets/beta   # the beta figure
+    python plot.py assets/builds/seed*/*/ --builds assets/builds/pooled        # pooled over builds
 
 Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT; with --lengths or --beta, one
-figure and table across the OUT studies instead. A run's scheme, beta, lengths and protocol come
+figure and table across the OUT studies instead. Runs of different builds of the models (config.json's
+fingerprints) are never mixed, except with --builds, which pools over builds and says so. A run's scheme, beta, lengths and protocol come
 from the config.json that abc_ppo.py writes beside its metrics, where there is one.
 """
 import argparse
@@ -289,6 +291,7 @@ def plot_lengths(outs, prefix, order=None):
         lo, hi = f["gen_len"]
         studies.append(((lo + hi) / 2, f"{lo}–{hi}", "forced" if f.get("min_new_tokens") else "free EOS",
                         summarise(load_runs(out), order)))
+    one_build([r for out in outs for seeds in load_runs(out).values() for r in seeds], " ".join(outs))
     studies.sort(key=lambda x: (x[2] != "free EOS", x[0]))
     lines = ["| tokens | EOS | scheme | seeds | mean reward ± 2 s.e. | minus sparse ± 2 s.e. (seeds ahead) "
              "| reward at the last step | first step > best sparse | completion tokens | seeds with KL < 0 | lowest KL |",
@@ -369,6 +372,90 @@ def plot_beta(outs, prefix):
     return pts
 
 
+def setting(out):
+    """A study's completion lengths and protocol, e.g. '90–110 forced'."""
+    f = study_flags(out)
+    return f"{f['gen_len'][0]}–{f['gen_len'][1]} " + ("forced" if f.get("min_new_tokens") else "free EOS")
+
+
+def build_name(out, runs):
+    """A build's label: the seed in its manifest where the run's --mini_dir still holds one, and the
+    policy's and RM's fingerprints (the first 8 hex digits of each)."""
+    models = json.loads(next(r["models"] for seeds in runs.values() for r in seeds))
+    flags = study_flags(out)
+    try:
+        seed = f"seed {json.load(open(os.path.join(flags['mini_dir'], 'manifest.json')))['seed']}, "
+    except (OSError, ValueError, KeyError, TypeError):
+        seed = ""
+    return f"{seed}{models['policy'][:8]}/{models['reward_model'][:8]}"
+
+
+def plot_builds(outs, prefix, scheme="abc"):
+    """PREFIX.md and PREFIX.png: scheme - sparse per build and setting, and pooled over builds.
+    A build b ran n_b seeds, with paired differences d_bs (the per-seed mean reward over steps, scheme
+    minus sparse). Per build: m_b = mean_s d_bs +- 2 sd_s(d_bs) / sqrt(n_b). Pooled over the B builds
+    of a setting, each build weighted alike:
+        pooled = mean_b m_b  +- 2 sd_b(m_b) / sqrt(B)
+    Var(m_b) = sigma_build^2 + sigma_seed^2 / n_b holds both levels, the spread of the method's effect
+    between builds and the seed noise within one, so this s.e. counts both; with B = 4 it has 3
+    degrees of freedom. The table also splits it: sigma_seed^2 from the within-build variances pooled,
+    sigma_build^2 = max(0, Var(m_b) - mean_b(s_b^2 / n_b))."""
+    by_setting = {}
+    for out in outs:
+        runs = load_runs(out)  # one build per study (one_build)
+        if scheme not in runs or "sparse" not in runs or not all(r["models"] for s in runs.values() for r in s):
+            raise SystemExit(f"plot.py: --builds needs {scheme} and sparse runs with fingerprints in {out}")
+        sparse = {r["seed"]: r["reward_mean"].mean() for r in runs["sparse"]}
+        d = np.array([r["reward_mean"].mean() - sparse[r["seed"]] for r in runs[scheme] if r["seed"] in sparse])
+        if len(d) < 2:
+            raise SystemExit(f"plot.py: --builds needs at least 2 paired seeds in {out}")
+        by_setting.setdefault(setting(out), {})
+        name = build_name(out, runs)
+        if name in by_setting[setting(out)]:
+            raise SystemExit(f"plot.py: two studies of setting {setting(out)} ran on build {name}")
+        by_setting[setting(out)][name] = d
+    lines = [f"| setting | build (seed, policy/RM fingerprint) | seeds | {scheme} − sparse ± 2 s.e. (seeds ahead) |",
+             "|---|---|---|---|"]
+    pooled = {}
+    for st, builds in by_setting.items():
+        for name, d in builds.items():
+            lines.append(f"| {st} | {name} | {len(d)} | " + "{:+.2f} ± {:.2f}".format(*mean_2se(d))
+                         + f" ({int((d > 0).sum())}/{len(d)}) |")
+        m = np.array([d.mean() for d in builds.values()])
+        within = np.mean([d.var(ddof=1) / len(d) for d in builds.values()])
+        sd_build = math.sqrt(max(0.0, m.var(ddof=1) - within)) if len(m) > 1 else float("nan")
+        pooled[st] = (*mean_2se(m), len(m))
+        ahead = sum(int((d > 0).sum()) for d in builds.values())
+        lines.append(f"| {st} | **pooled over {len(m)} builds** | {sum(map(len, builds.values()))} | **"
+                     + "{:+.2f} ± {:.2f}**".format(*pooled[st]) + f" ({ahead}/{sum(map(len, builds.values()))}); "
+                     f"builds ahead {int((m > 0).sum())}/{len(m)}; σ_build {sd_build:.2f}, "
+                     f"σ_seed {math.sqrt(np.mean([d.var(ddof=1) for d in builds.values()])):.2f} |")
+    lines += ["", f"Per build: the paired difference of the per-seed mean reward over all steps, {scheme} minus "
+              "sparse on the same seed, mean ± 2 s.e. over seeds. Pooled: the mean of the builds' means, ± 2 s.e. "
+              "over builds (sd of the build means / √B), which counts the seed noise within a build and the "
+              "spread between builds. σ_build: the between-build sd of the effect, after taking out the seed "
+              "noise (0 where the builds differ no more than their seeds explain); σ_seed: the within-build sd "
+              "of a seed's difference."]
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    fig, a = plt.subplots(figsize=(8, 4.5))
+    names = list(dict.fromkeys(n for b in by_setting.values() for n in b))
+    for x, (st, builds) in enumerate(by_setting.items()):
+        for name, d in builds.items():
+            dx = -0.3 + 0.4 * names.index(name) / max(1, len(names) - 1)
+            a.errorbar(x + dx, *[[v] for v in mean_2se(d)], marker="o", capsize=3, color=f"C{names.index(name) % 10}",
+                       label=name if x == 0 else None)
+        a.errorbar(x + 0.25, [pooled[st][0]], [pooled[st][1]], marker="D", ms=8, capsize=4, color="k",
+                   label="pooled over builds" if x == 0 else None)
+    a.axhline(0, color="k", lw=1)
+    a.set_xticks(range(len(by_setting)), list(by_setting))
+    a.set(ylabel=f"{scheme} − sparse, mean reward over steps ± 2 s.e.",
+          title=f"POOLED OVER {len(names)} BUILDS of mini: each build's {scheme} − sparse, and the pooled estimate")
+    a.legend(fontsize=7), a.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(prefix + ".png", dpi=120), plt.close(fig)
+    return pooled
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="+", help="directories holding <reward>/seed<k>/metrics.jsonl")
@@ -376,7 +463,11 @@ def main(argv=None):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--lengths", metavar="PREFIX", help="across the OUT studies: PREFIX.png and PREFIX.md by length")
     g.add_argument("--beta", metavar="PREFIX", help="across the OUT studies: PREFIX.png and PREFIX.md by abc's beta")
+    g.add_argument("--builds", metavar="PREFIX",
+                   help="pool over builds, explicitly: abc - sparse per build and setting, and pooled (PREFIX.png, .md)")
     args = p.parse_args(argv)
+    if args.builds:
+        return plot_builds(args.out, args.builds)
     if args.lengths:
         return plot_lengths(args.out, args.lengths, args.order)
     if args.beta:

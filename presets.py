@@ -145,7 +145,7 @@ def ensure_mini(mini_dir):
     try:
         mini.ensure(mini_dir)
     except (OSError, ValueError) as e:
-        fail(f"cannot build the mini preset in {mini_dir}: {e}")
+        fail(f"the mini preset in {mini_dir} is not usable: {e}")
 
 
 def load(what, cls, name, **kw):

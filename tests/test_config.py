@@ -7,6 +7,7 @@ from conftest import read_metrics, tiny_args
 
 import abc_ppo
 import checkpoints
+import mini
 import plot
 
 
@@ -19,9 +20,9 @@ def test_config_json_records_the_resolved_run(tiny, tmp_path):
     assert flags["device"] == "cpu"  # resolved from auto
     assert {"python", "torch", "transformers", "datasets"} <= set(config["versions"])
     assert config["git"] is None or len(config["git"].removesuffix("-dirty")) == 40
-    fp = {k: checkpoints.fingerprint(tiny[k]) for k in ("policy", "reward_model")}
+    fp = {k: mini.fingerprint(tiny[k]) for k in ("policy", "reward_model")}
     assert config["models"] == fp and all(len(v) == 16 for v in fp.values()) and fp["policy"] != fp["reward_model"]
-    assert checkpoints.fingerprint("gpt2") is None  # a hub name: nothing local to hash
+    assert mini.fingerprint("gpt2") is None  # a hub name: nothing local to hash
 
 
 def test_resume_refuses_other_models(tiny, tmp_path, capsys):

@@ -88,7 +88,7 @@ def test_cache_of_an_older_recipe_is_rebuilt(mini_dir, tmp_path, monkeypatch, ca
     built = []
     monkeypatch.setattr(mini, "build", lambda data, out: built.append((data, out)))
     mini.ensure(old)
-    assert built == [(manifest["data"], old)] and "older recipe" in capsys.readouterr().err
+    assert built == [(os.path.join(mini.HERE, manifest["data"]), old)] and "older recipe" in capsys.readouterr().err
 
 
 def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
@@ -98,3 +98,53 @@ def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     print(f"mini: first 5 steps {first:.2f}, last 5 steps {last:.2f}")
     assert last > first + 1.0, rewards
+
+
+def test_the_default_models_are_the_committed_reference(monkeypatch):
+    # The same policy and RM on every machine: the default --mini_dir is the committed build, whose
+    # weights must hash to the fingerprints in mini.py, and it is loaded, never rebuilt.
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt the reference")
+
+    monkeypatch.setattr(mini, "build", no_build)
+    args = abc_ppo.parse_args(["--preset", "mini"])
+    assert args.policy == os.path.join(mini.REFERENCE, "policy")
+    assert {k: mini.fingerprint(getattr(args, k)) for k in mini.MODELS} == mini.REFERENCE_FINGERPRINTS
+    assert mini.ensure(args.mini_dir)["fingerprints"] == mini.REFERENCE_FINGERPRINTS
+    assert mini.REFERENCE_FINGERPRINTS == dict(policy="b6814e1cd5a5462f", reward_model="008d87767ef1d082")
+
+
+def flip_a_byte(path):
+    """Change one byte near the end of a weight file: it still loads, as another build would."""
+    with open(path, "r+b") as f:
+        f.seek(-3, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([b[0] ^ 1]))
+
+
+def test_a_changed_reference_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    ref = str(tmp_path / "mini")
+    shutil.copytree(mini.REFERENCE, ref)
+    monkeypatch.setattr(mini, "REFERENCE", ref)
+    mini.ensure(ref)  # the copy is sound
+    flip_a_byte(os.path.join(ref, "reward_model", "model.safetensors"))
+    with pytest.raises(SystemExit) as e:
+        abc_ppo.main(["--preset", "mini", "--mini_dir", ref, "--out_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "reward_model weights have fingerprint" in err and "git checkout" in err
+
+
+def test_a_cache_whose_weights_changed_is_rebuilt(mini_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    cache = str(tmp_path / "mini")
+    shutil.copytree(mini_dir, cache)
+    flip_a_byte(os.path.join(cache, "policy", "model.safetensors"))
+    built = []
+    monkeypatch.setattr(mini, "build", lambda data, out: built.append(out))
+    mini.ensure(cache)
+    assert built == [cache] and "policy weights have fingerprint" in capsys.readouterr().err

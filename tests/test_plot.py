@@ -173,3 +173,38 @@ def test_beta(tmp_path):
     assert "| 1 | 2 | 5.00 ± 0.00 | +2.00 ± 2.00 (2/2) | 8.8 |" in md
     assert "β = 0 against sparse on the same seeds (2): largest reward difference at any step 0." in md
     assert (tmp_path / "beta.png").read_bytes()[:8] == PNG
+
+
+def build_study(out, models, sparse, abc, gen_len=(8, 15), mini_dir="nowhere"):
+    """A study on one build: constant per-seed rewards, so each seed's mean is the given number."""
+    for scheme, means in (("sparse", sparse), ("abc", abc)):
+        for seed, m in enumerate(means):
+            d = out / scheme / f"seed{seed}"
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text("\n".join(line(t, m) for t in range(3)) + "\n")
+            flags = dict(reward=scheme, beta=0.8, gen_len=list(gen_len), min_new_tokens=False, mini_dir=mini_dir)
+            (d / "config.json").write_text(json.dumps(dict(flags=flags, models=models)))
+    return str(out)
+
+
+def test_builds_are_pooled_only_when_asked(tmp_path):
+    a, b = dict(policy="a" * 16, reward_model="b" * 16), dict(policy="c" * 16, reward_model="d" * 16)
+    (tmp_path / "mini").mkdir()
+    (tmp_path / "mini" / "manifest.json").write_text(json.dumps(dict(seed=4)))
+    # build a: d = 5-2, 5-4 = 3, 1 -> +2.00 ± 2.00; build b: d = 2-2, 6-4 = 0, 2 -> +1.00 ± 2.00
+    dirs = [build_study(tmp_path / "a", a, [2, 4], [5, 5], mini_dir=str(tmp_path / "mini")),
+            build_study(tmp_path / "b", b, [2, 4], [2, 6])]
+    with pytest.raises(SystemExit, match="2 different models"):  # a table never mixes builds unasked
+        plot.main(dirs + ["--lengths", str(tmp_path / "length")])
+    pooled = plot.main(dirs + ["--builds", str(tmp_path / "pooled")])
+    # pooled: build means 2, 1 -> 1.50 ± 2 * sd(2, 1) / sqrt(2) = 1.00; within-build var of a mean: 2/2, 2/2 = 1,
+    # Var(m_b) = 0.5 < 1, so sigma_build = 0; sigma_seed = sqrt(mean(2, 2))
+    assert pooled["8–15 free EOS"] == pytest.approx((1.5, 1.0, 2))
+    md = (tmp_path / "pooled.md").read_text()
+    assert "| 8–15 free EOS | seed 4, aaaaaaaa/bbbbbbbb | 2 | +2.00 ± 2.00 (2/2) |" in md
+    assert "| 8–15 free EOS | cccccccc/dddddddd | 2 | +1.00 ± 2.00 (1/2) |" in md
+    assert ("| 8–15 free EOS | **pooled over 2 builds** | 4 | **+1.50 ± 1.00** (3/4); builds ahead 2/2; "
+            "σ_build 0.00, σ_seed 1.41 |") in md
+    assert (tmp_path / "pooled.png").read_bytes()[:8] == PNG
+    with pytest.raises(SystemExit, match="two studies of setting 8–15 free EOS ran on build"):
+        plot.main(dirs + [dirs[0], "--builds", str(tmp_path / "pooled")])
