@@ -43,7 +43,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=presets.EPILOG,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--reward", default="abc", choices=list(reward.REWARDS), help="the credit scheme (reward.py)")
-    p.add_argument("--beta", type=float, default=0.5, help="abc, abcd: share of the score spread by attention")
+    p.add_argument("--beta", type=float, default=0.5, help="abc, abcd, shapley: share of the score spread as credit")
+    p.add_argument("--shapley_units", type=int, default=16, metavar="M",
+                   help="shapley: players per completion, its tokens up to M, else M contiguous spans")
+    p.add_argument("--shapley_perms", type=int, default=8, metavar="K",
+                   help=f"shapley: above {reward.EXACT_UNITS} units, K random orders, each with its reverse")
     p.add_argument("--preset", default="auto", choices=["auto", "paper", "mini"],
                    help="auto: paper if the hub answers or its models are cached, else mini")
     p.add_argument("--mini_dir", default=mini.MINI_DIR, help="where the mini preset is built and cached")
@@ -134,6 +138,9 @@ def load_models(args, device):
         fail("--reward red needs a decoder reward model, which scores every prefix; this one is an encoder")
     if rm_tok.get_vocab() == tok.get_vocab() and reward.is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
+    if args.reward == "shapley" and rm_tok is not None:
+        fail("--reward shapley needs a decoder reward model that shares the policy's tokenizer: it deletes "
+             "the policy's tokens from the RM's input")
     presets.check_models(args, policy, rm, rm_tok)
     return Models(tok, policy, ref, rm, rm_tok)
 
@@ -304,10 +311,11 @@ class Experience(NamedTuple):
     rewards: torch.Tensor  # [B, G] rm_credit - kl_coef * kl
     adv: torch.Tensor  # [B, G] GAE advantages, whitened
     returns: torch.Tensor  # [B, G] value targets
+    rm_rows: int  # sequences the RM scored: B, and for shapley every coalition too
 
 
 @torch.no_grad()
-def experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast):
+def experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng=None):
     """Everything PPO needs from a batch of rollouts: the RM's score and its per-token credit,
     the old and reference log-probs, the rewards r_t = credit_t - kl_coef * KL_t, and GAE."""
     P, mask = prompt_mask.shape[1], comp_mask.float()
@@ -316,15 +324,23 @@ def experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autoca
     # rounds neither the score nor the attention that becomes the reward.
     rm_score, attention, prefix_scores = reward.score_completions(m.rm, m.rm_tok, m.tok, seq, prompt_mask, comp_mask,
                                                                  args.score_eos)  # [B], [B, G], [B, G+1]
+    shapley, rm_rows = None, len(seq)
+    if args.reward == "shapley":  # SCAR's price: the RM scores every coalition (or 2K orders) of every completion
+        phi, v_empty, coalitions = reward.shapley_values(
+            m.rm, seq, prompt_mask, reward.read_mask(m.tok, seq, P, comp_mask, args.score_eos), rm_score,
+            args.shapley_units, args.shapley_perms, credit_rng)  # [B, G], [B]
+        shapley, rm_rows = (phi, v_empty), rm_rows + coalitions
     with autocast:
         old = forward(m.policy, value_head, seq, attn_mask, P, attention=args.reward == "abcd")
         ref_logp = forward(m.ref, None, seq, attn_mask, P).logp  # [B, G]
     kl = (old.logp - ref_logp) * mask  # [B, G]
     rm_credit = reward.per_token_rewards(args.reward, args.beta, score=rm_score, mask=mask, attention=attention,
-                                         prefix_scores=prefix_scores, policy_attention=old.attention)  # [B, G]
+                                         prefix_scores=prefix_scores, policy_attention=old.attention,
+                                         shapley_values=shapley)  # [B, G]
     rewards = rm_credit - kl_coef * kl
     adv, returns = gae(rewards, old.values, mask, args.gamma, args.lam)
-    return Experience(seq, prompt_mask, comp_mask, old, rm_score, rm_credit, kl, rewards, whiten(adv, mask), returns)
+    return Experience(seq, prompt_mask, comp_mask, old, rm_score, rm_credit, kl, rewards, whiten(adv, mask), returns,
+                      rm_rows)
 
 
 def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
@@ -381,6 +397,7 @@ def main(argv=None):
     random.seed(args.seed)
     torch.manual_seed(args.seed)  # token sampling in generate
     data_rng = torch.Generator().manual_seed(args.seed)  # prompts, lengths and mini-batch order
+    credit_rng = torch.Generator().manual_seed(args.seed)  # shapley's orders, apart so prompts stay paired by seed
 
     texts = presets.load_texts(args.dataset, args.min_chars)
     m = load_models(args, device)
@@ -394,7 +411,7 @@ def main(argv=None):
     start = 0
     if args.resume:
         logs = [metrics_file, samples_file]
-        start = checkpoints.resume(args.out_dir, logs, m.policy, value_head, opt, kl_ctl, data_rng)
+        start = checkpoints.resume(args.out_dir, logs, m.policy, value_head, opt, kl_ctl, data_rng, credit_rng)
 
     # The masks, 1 on real tokens and 0 on padding:
     #   prompt_mask [B, P]    the prompt, left-padded to the longest prompt P
@@ -415,7 +432,7 @@ def main(argv=None):
 
         # --- Scoring: RM score and credit, old and reference log-probs, rewards, GAE -----
         kl_coef = kl_ctl.value
-        exp = experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast)
+        exp = experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng)
         t2 = time.perf_counter()
 
         # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
@@ -429,7 +446,7 @@ def main(argv=None):
         row = dict(step=step, reward_mean=exp.rm_score.mean().item(),
                    reward_std=exp.rm_score.std().item() if args.batch_size > 1 else 0.0, kl=mean_kl, kl_coef=kl_coef,
                    **stats, explained_variance=explained_variance(exp.returns, exp.old.values, mask),
-                   completion_len=mask.sum(1).mean().item(),
+                   completion_len=mask.sum(1).mean().item(), rm_rows=exp.rm_rows,
                    time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
@@ -437,7 +454,7 @@ def main(argv=None):
             credit.write_samples(samples_file, step, m.tok, exp, args.log_samples)
         bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng)
+            checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng, credit_rng)
     metrics_file.close()
     if samples_file:
         samples_file.close()

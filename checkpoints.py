@@ -61,21 +61,21 @@ def git_commit():
         return None
 
 
-def save(out_dir, step, policy, tok, value_head, opt, kl_ctl, data_rng):
+def save(out_dir, step, policy, tok, value_head, opt, kl_ctl, data_rng, credit_rng):
     """Write to a temporary folder, then swap it in, so a crash never leaves half a checkpoint."""
     final, tmp = os.path.join(out_dir, "checkpoint"), os.path.join(out_dir, "checkpoint.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     torch.save(dict(step=step, value_head=value_head.state_dict(), opt=opt.state_dict(), kl_coef=kl_ctl.value,
-                    gen=data_rng.get_state(), torch_rng=torch.get_rng_state(), py_rng=random.getstate(),
+                    gen=data_rng.get_state(), credit_gen=credit_rng.get_state(), torch_rng=torch.get_rng_state(), py_rng=random.getstate(),
                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None),
                os.path.join(tmp, "trainer_state.pt"))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
 
-def resume(out_dir, logs, policy, value_head, opt, kl_ctl, data_rng):
+def resume(out_dir, logs, policy, value_head, opt, kl_ctl, data_rng, credit_rng):
     """Restore the state saved above and drop the log lines of steps after it (a crash), so each
     step is logged once. Returns the next step to run."""
     from transformers import AutoModelForCausalLM
@@ -92,6 +92,8 @@ def resume(out_dir, logs, policy, value_head, opt, kl_ctl, data_rng):
     opt.load_state_dict(state["opt"])
     kl_ctl.value = state["kl_coef"]
     data_rng.set_state(state["gen"])
+    if "credit_gen" in state:  # checkpoints from before shapley have none, and no run that needs it
+        credit_rng.set_state(state["credit_gen"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["py_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():

@@ -26,8 +26,9 @@ import sys
 import torch
 
 from presets import fail
-from reward import (KERNEL, REWARDS, abcd, attention_row, attention_rows, completion_attention, is_decoder, last_index,
-                    logit_score, per_token_rewards, positions, red, score_completions)
+from reward import (KERNEL, REWARDS, abcd, attention_row, attention_rows, completion_attention, is_decoder,
+                    kept_scores, last_index, logit_score, per_token_rewards, positions, read_mask, red,
+                    score_completions, shapley_values)
 
 
 @torch.no_grad()
@@ -52,21 +53,14 @@ def policy_attention(policy, ids, mask, P):
 def occlusion(rm, ids, mask, k, chunk=512, signed=False):
     """e[b, t] = |s(row b) - s(row b without completion token t)|, for the tokens after the first k: [B, G]
     (without the bars if signed: how much token t raised the score). Every deletion of every row is
-    scored in batches of `chunk` rows."""
+    scored in batches of `chunk` rows, with the deletion shapley's coalitions use (reward.kept_scores)."""
     B, L = ids.shape
     G = L - k
-    j = torch.arange(L - 1)
-    # Deleting position k+t: column j of the shorter row reads column j, or j+1 from k+t on.
-    src = torch.stack([j + (j >= k + t).long() for t in range(G)])  # [G, L-1]
-    var_ids = ids[:, src].transpose(0, 1).reshape(G * B, L - 1)  # [G*B, L-1], t-major
-    var_mask = mask[:, src].transpose(0, 1).reshape(G * B, L - 1)
-    s_var = []
-    for i in range(0, G * B, chunk):
-        s, _ = rm_pass(rm, var_ids[i:i + chunk], var_mask[i:i + chunk])
-        s_var.append(s[torch.arange(len(s)), last_index(var_mask[i:i + chunk])])
-    s_full, _ = rm_pass(rm, ids, mask)
-    s_full = s_full[torch.arange(B), last_index(mask)]
-    e = (s_full[None] - torch.cat(s_var).view(G, B)).T  # [B, G]
+    keep = mask[None].repeat(G, 1, 1)  # [G, B, L]: deletion t of every row, t-major
+    keep[torch.arange(G), :, k + torch.arange(G)] = 0
+    s_var = kept_scores(rm, ids.repeat(G, 1), keep.view(G * B, L), chunk).view(G, B)
+    s_full = kept_scores(rm, ids, mask, chunk)
+    e = (s_full[None] - s_var).T  # [B, G]
     return (e if signed else e.abs()) * mask[:, k:]
 
 
@@ -105,9 +99,10 @@ def encode(tok, texts, k, max_len):
 
 
 @torch.no_grad()
-def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
+def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None, shapley=True):
     """{scheme: (mean rank correlation, top-1 agreement)} against occlusion, for sparse, uniform,
-    abc with each layer's attention, red, and abcd when a policy sharing `tok` is given. Any attention
+    abc with each layer's attention, red, abcd when a policy sharing `tok` is given, and |phi| of
+    shapley (its default units and orders, orders seeded 0) unless shapley=False. Any attention
     kernel will do: the rows are read through reward.attention_rows."""
     device = next(rm.parameters()).device
     ids, mask = (x.to(device) for x in encode(tok, texts, k, max_len))
@@ -120,6 +115,10 @@ def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None):
     credit["red"] = red(scores[:, k - 1:], comp).abs()  # [N, G+1] prefix scores -> |s_t - s_{t-1}|
     if policy is not None:
         credit["abcd"] = abcd(torch.ones(len(ids), device=device), policy_attention(policy, ids, mask, k), comp, 1.0)
+    if shapley:
+        s = scores[torch.arange(len(ids)), last_index(mask)]
+        phi, _, _ = shapley_values(rm, ids, mask[:, :k], mask[:, k:], s, generator=torch.Generator().manual_seed(0))
+        credit["shapley"] = phi.abs()
     truth = top1(e, comp)
     table = {"uniform (chance)": (None, (1 / n).mean().item())}  # no ranking to correlate
     for name, c in credit.items():
@@ -175,9 +174,14 @@ def explain(args, tok, policy, rm, rm_tok, device):
     seq = torch.tensor([ids], device=device)
     prompt_mask, comp_mask = torch.ones(1, k, dtype=torch.long, device=device), torch.ones_like(seq[:, k:])
     s, attention, prefix_scores = score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, args.score_eos)
-    names = [n for n in REWARDS if not (n == "red" and prefix_scores is None)]  # red needs a decoder RM
+    # red needs a decoder RM; shapley one that shares the policy's tokenizer, which deletes the policy's tokens
+    names = [n for n in REWARDS if not (n == "red" and prefix_scores is None or n == "shapley" and rm_tok is not None)]
     signals = dict(score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix_scores,
                    policy_attention=policy_attention(policy, seq, torch.ones_like(seq), k))
+    if "shapley" in names:
+        phi, v_empty, _ = shapley_values(rm, seq, prompt_mask, read_mask(tok, seq, k, comp_mask, args.score_eos), s,
+                                         args.shapley_units, args.shapley_perms, torch.Generator().manual_seed(args.seed))
+        signals["shapley_values"] = (phi, v_empty)
     cols = {n: per_token_rewards(n, args.beta, **signals)[0].tolist() for n in names}
     heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd") else n for n in names]
     top = max(abs(v) for c in cols.values() for v in c)

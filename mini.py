@@ -260,8 +260,10 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     for m in (lm, rm):
         m.set_attn_implementation("eager")  # attention weights for the faithfulness measure
     # Prompt = the first 3 tokens (the middle of mini's 2-5), completion = up to 15 more (the longest default).
-    faith = credit.faithfulness(rm, tok, [t for t, _ in test], k=3, max_len=15, policy=lm)
-    faith_long = credit.faithfulness(rm, tok, [t for t, _ in long_test[:100]], k=3, max_len=long_len, policy=lm)
+    # No shapley row here: its coalitions would add a minute to every build (--faithfulness prints it).
+    faith = credit.faithfulness(rm, tok, [t for t, _ in test], k=3, max_len=15, policy=lm, shapley=False)
+    faith_long = credit.faithfulness(rm, tok, [t for t, _ in long_test[:100]], k=3, max_len=long_len, policy=lm,
+                                     shapley=False)
     for m in (lm, rm):
         m.set_attn_implementation("sdpa")
 
@@ -328,14 +330,16 @@ def is_reference(out):
 
 
 def ensure(out=MINI_DIR):
-    """The reference build is checked, never rebuilt: a damaged one raises ValueError. Any other
+    """A build committed in the repository (the reference, or a study's under assets/) is checked,
+    never rebuilt: another CPU would build other weights. A damaged one raises ValueError. Any other
     folder is a cache: reuse a sound one; rebuild a missing or corrupt one, one made by an older
     recipe, or one whose corpus file has changed."""
-    if is_reference(out):
+    if is_reference(out) or any(os.path.realpath(out).startswith(os.path.realpath(os.path.join(HERE, d)) + os.sep)
+                                for d in ("data", "assets")):
         try:
             return check(out)
         except ValueError as e:
-            raise ValueError(f"{e}; the committed reference build is damaged: restore it with "
+            raise ValueError(f"{e}; a build committed with the code is never rebuilt: restore it with "
                              f"`git checkout -- {os.path.relpath(out)}`") from None
     data = CORPUS
     if os.path.exists(out):

@@ -392,28 +392,31 @@ def build_name(out, runs):
 
 def plot_builds(outs, prefix, scheme="abc"):
     """PREFIX.md and PREFIX.png: scheme - sparse per build and setting, and pooled over builds.
-    A build b ran n_b seeds, with paired differences d_bs (the per-seed mean reward over steps, scheme
-    minus sparse). Per build: m_b = mean_s d_bs +- 2 sd_s(d_bs) / sqrt(n_b). Pooled over the B builds
+    On the n seeds that every build of a setting ran, build b has paired differences d_bs (the per-seed
+    mean reward over steps, scheme minus sparse). Per build: m_b = mean_s d_bs +- 2 sd_s(d_bs) / sqrt(n). Pooled over the B builds
     of a setting, each build weighted alike:
         pooled = mean_b m_b  +- 2 sd_b(m_b) / sqrt(B)
-    Var(m_b) = sigma_build^2 + sigma_seed^2 / n_b holds both levels, the spread of the method's effect
+    Var(m_b) = sigma_build^2 + sigma_seed^2 / n holds both levels, the spread of the method's effect
     between builds and the seed noise within one, so this s.e. counts both; with B = 4 it has 3
     degrees of freedom. The table also splits it: sigma_seed^2 from the within-build variances pooled,
-    sigma_build^2 = max(0, Var(m_b) - mean_b(s_b^2 / n_b))."""
+    sigma_build^2 = max(0, Var(m_b) - mean_b(s_b^2) / n)."""
     by_setting = {}
     for out in outs:
         runs = load_runs(out)  # one build per study (one_build)
         if scheme not in runs or "sparse" not in runs or not all(r["models"] for s in runs.values() for r in s):
             raise SystemExit(f"plot.py: --builds needs {scheme} and sparse runs with fingerprints in {out}")
         sparse = {r["seed"]: r["reward_mean"].mean() for r in runs["sparse"]}
-        d = np.array([r["reward_mean"].mean() - sparse[r["seed"]] for r in runs[scheme] if r["seed"] in sparse])
-        if len(d) < 2:
-            raise SystemExit(f"plot.py: --builds needs at least 2 paired seeds in {out}")
+        d = {r["seed"]: r["reward_mean"].mean() - sparse[r["seed"]] for r in runs[scheme] if r["seed"] in sparse}
         by_setting.setdefault(setting(out), {})
         name = build_name(out, runs)
         if name in by_setting[setting(out)]:
             raise SystemExit(f"plot.py: two studies of setting {setting(out)} ran on build {name}")
         by_setting[setting(out)][name] = d
+    for st, builds in by_setting.items():  # the seeds every build of a setting ran: a balanced design
+        common = sorted(set.intersection(*(set(d) for d in builds.values())))
+        if len(common) < 2:
+            raise SystemExit(f"plot.py: --builds needs at least 2 seeds that every build of {st} ran")
+        by_setting[st] = {name: np.array([d[i] for i in common]) for name, d in builds.items()}
     lines = [f"| setting | build (seed, policy/RM fingerprint) | seeds | {scheme} − sparse ± 2 s.e. (seeds ahead) |",
              "|---|---|---|---|"]
     pooled = {}

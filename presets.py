@@ -83,10 +83,10 @@ def check(args):
     for name, pair in (("--prompt_len", args.prompt_len), ("--gen_len", args.gen_len)):
         if len(pair) != 2 or not 1 <= pair[0] <= pair[1]:
             fail(f"{name} takes MIN [MAX] with 1 <= MIN <= MAX, got {' '.join(map(str, pair))}")
-    if min(args.steps, args.batch_size, args.mini_batch_size, args.ppo_epochs, args.save_every) < 1 \
-            or min(args.target_kl, args.kl_horizon) <= 0:
-        fail("--steps, --batch_size, --mini_batch_size, --ppo_epochs, --save_every, --target_kl and "
-             "--kl_horizon must be positive")
+    if min(args.steps, args.batch_size, args.mini_batch_size, args.ppo_epochs, args.save_every, args.shapley_units,
+           args.shapley_perms) < 1 or min(args.target_kl, args.kl_horizon) <= 0:
+        fail("--steps, --batch_size, --mini_batch_size, --ppo_epochs, --save_every, --shapley_units, --shapley_perms, "
+             "--target_kl and --kl_horizon must be positive")
     if args.batch_size % args.mini_batch_size:
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     if not 0 <= args.log_samples <= args.batch_size:

@@ -9,6 +9,7 @@ score read at every prefix (RED). The schemes then return float rewards r [B, T]
 completion. `per_token_rewards` picks the scheme that --reward names.
 """
 import contextlib
+import math
 from types import SimpleNamespace
 
 import torch
@@ -154,13 +155,36 @@ def score_completions(rm, rm_tok, tok, seq, prompt_mask, comp_mask, score_eos):
         s, attention, scores = score(rm, ids, am)
         return s, *retokenize.to_policy_tokens(attention, scores, am, W, comp_mask)
     P = prompt_mask.shape[1]
-    rm_mask = comp_mask if score_eos else comp_mask * (seq[:, P:] != tok.eos_token_id)  # [B, G]
+    rm_mask = read_mask(tok, seq, P, comp_mask, score_eos)  # [B, G]
     s, attention, scores = score(rm, seq, torch.cat([prompt_mask, rm_mask], 1))
     prefix = scores[:, P - 1:]  # [B, G+1]
     # An EOS the RM does not read adds nothing to RED: its prefix score is the one before it.
     hidden = (comp_mask - rm_mask).bool()
     prefix = torch.cat([prefix[:, :1], torch.where(hidden, prefix[:, :-1], prefix[:, 1:])], 1)
     return s, attention[:, P:] * rm_mask, prefix
+
+
+def read_mask(tok, seq, P, comp_mask, score_eos):
+    """The completion tokens the RM reads: comp_mask less a final EOS when score_eos is 0. [B, G]"""
+    return comp_mask if score_eos else comp_mask * (seq[:, P:] != tok.eos_token_id)
+
+
+@torch.no_grad()
+def kept_scores(rm, ids, keep, chunk=512):
+    """The decoder RM's score of each row with only its kept tokens, in their order: the others are
+    deleted and the rest close up (what occlusion does to one token, and SHAP to a coalition).
+    ids, keep [N, L], keep 1 on the tokens to keep (padding is never kept). Rows are scored in
+    batches of `chunk`, each cut to its longest kept row. Returns [N]."""
+    order = torch.sort((keep == 0).to(torch.int8), dim=1, stable=True).indices  # kept tokens first, in order
+    ids, keep = ids.gather(1, order), keep.gather(1, order)
+    out = []
+    for i in range(0, len(ids), chunk):
+        m = keep[i:i + chunk]
+        L = int(m.sum(1).max())
+        x, m = ids[i:i + chunk, :L], m[:, :L]
+        h = rm.base_model(input_ids=x, attention_mask=m, position_ids=positions(m)).last_hidden_state  # [n, L, H]
+        out.append(logit_score(rm.score(h[torch.arange(len(x)), last_index(m)])))  # the head on the read token only
+    return torch.cat(out)
 
 
 def completion_attention(rows, P):
@@ -266,12 +290,97 @@ def abcd(score, policy_attention, mask, beta):
     return abc(score, a, mask, beta)
 
 
-REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc, "red": red, "abcd": abcd}
+def shapley(score, phi, v_empty, mask, beta):
+    """Shapley credit (SCAR, Cao et al. 2025). phi [B, T] holds each completion token's Shapley value
+    in the game v(S) = the RM's score of the prompt and the completion tokens in S (shapley_values),
+    which sums to score - v(empty); v(empty) [B] is the prompt's own score. That remainder and the
+    sparse share go to the last token, so that rows sum to the score, as for abc:
+        r_t = beta * (phi_t + v(empty) * [t = last]) + (1 - beta) * score * [t = last].
+    Credit can be negative, as in RED: a token that lowers the score is penalised.
+    """
+    _check(score, mask)
+    if phi.shape != mask.shape:
+        raise ValueError(f"phi {tuple(phi.shape)} must match mask {tuple(mask.shape)}")
+    last = _last_token(mask)
+    return beta * (phi.float() * mask.float() + v_empty.float()[:, None] * last) + (1.0 - beta) * score.float()[:, None] * last
 
 
-def per_token_rewards(scheme, beta, score, mask, attention, prefix_scores, policy_attention):
+EXACT_UNITS = 10  # up to here every coalition is scored: 2^10 - 1 RM rows for a completion of 10 units
+
+
+def units(n, max_units):
+    """The players of a completion's game, as the unit index of each of its n tokens [n]: the tokens
+    themselves while n <= max_units, else max_units contiguous spans of n // max_units or one more
+    tokens (SCAR's spans, cut by count, not by sentence: our completions are cut mid-sentence)."""
+    return torch.arange(n) * min(max_units, n) // max(n, 1)
+
+
+@torch.no_grad()
+def shapley_values(rm, seq, prompt_mask, rm_mask, score, max_units=16, perms=8, generator=None, chunk=512):
+    """Each completion token's Shapley value in the game v(S) = the RM's score of the prompt followed by
+    the units in S, in their order, the other units deleted (kept_scores); v(all) = score, v(empty) = the
+    prompt's score. For unit i of n,
+        phi_i = sum over S without i of |S|! (n - |S| - 1)! / n! * (v(S + i) - v(S)),
+    exactly, over all 2^n coalitions, for n <= EXACT_UNITS; above, the mean over `perms` random orders,
+    each with its reverse (antithetic: a unit early in one is late in the other), of v(units up to and
+    including i) - v(units before i). Along any order these telescope to v(all) - v(empty), so
+    sum_i phi_i = score - v(empty) exactly, for any number of orders. A span's value is split evenly over
+    its tokens: the game cannot tell them apart, and by Shapley's symmetry axiom players it cannot tell
+    apart share alike. All coalitions of the batch go through the RM together, in chunks.
+    seq [B, P+G] (prompt left-padded), prompt_mask [B, P], rm_mask [B, G] (the tokens the RM reads),
+    score [B]. Returns phi [B, G], v(empty) [B] and the number of coalitions scored."""
+    B, P = prompt_mask.shape
+    keeps, plans = [], []
+    for b in range(B):  # per row: its coalitions over units, and how they make phi
+        tokens = rm_mask[b].nonzero().squeeze(1).cpu()  # [n_tok] completion columns the RM reads
+        u = units(len(tokens), max_units)
+        n = int(u.max()) + 1 if len(tokens) else 0
+        orders = None
+        if n <= EXACT_UNITS:  # coalition c holds unit i iff bit i of c is set; all but the full set
+            coalitions = (torch.arange(2 ** n - 1)[:, None] >> torch.arange(n)) & 1  # [2^n - 1, n]
+        else:
+            orders = torch.stack([torch.randperm(n, generator=generator) for _ in range(perms)])
+            orders = torch.cat([orders, orders.flip(1)])  # [2K, n], each order beside its reverse
+            place = orders.argsort(1)  # [2K, n]: where each unit comes in each order
+            coalitions = (place[:, None, :] < torch.arange(n)[None, :, None]).flatten(0, 1).long()  # [2K*n, n]: the first j
+        coalitions, index = coalitions.unique(dim=0, return_inverse=True)  # each distinct coalition scored once
+        comp = torch.zeros(len(coalitions), rm_mask.shape[1], dtype=prompt_mask.dtype)
+        comp[:, tokens] = coalitions[:, u].to(comp)  # a unit's coalition membership -> its tokens
+        keeps.append(torch.cat([prompt_mask[b].cpu().expand(len(comp), -1), comp], 1))
+        plans.append((tokens, u, n, index, orders))
+    rows = torch.cat([torch.full((len(k),), b, dtype=torch.long) for b, k in enumerate(keeps)]).to(seq.device)
+    v_scored = kept_scores(rm, seq[rows], torch.cat(keeps).to(seq.device), chunk).float().cpu()
+    phi, v_empty, start = torch.zeros(rm_mask.shape), score.float().cpu().clone(), 0
+    for b, (tokens, u, n, index, orders) in enumerate(plans):
+        v = v_scored[start:start + int(index.max()) + 1 if len(index) else start]
+        start += len(v)
+        if n == 0:  # nothing the RM reads: the score is the prompt's own
+            continue
+        s = score[b].float().cpu()
+        if orders is None:
+            v = torch.cat([v[index], s[None]])  # [2^n]: v of coalition c, the full set (all bits) last
+            c = torch.arange(2 ** n)
+            without = (c[:, None] >> torch.arange(n)) & 1 == 0  # [2^n, n]: c lacks unit i
+            size = (~without).sum(1)  # [2^n]
+            k = torch.arange(n, dtype=torch.float32)
+            w = (torch.lgamma(k + 1) + torch.lgamma(n - k) - math.lgamma(n + 1)).exp()  # [n]: |S|! (n-|S|-1)! / n!
+            gain = v[c[:, None] | (1 << torch.arange(n))] - v[:, None]  # [2^n, n]: v(S + i) - v(S)
+            phi_u = (w[size.clamp(max=n - 1)][:, None] * gain * without).sum(0)  # [n]
+            v_empty[b] = v[0]
+        else:
+            v = torch.cat([v[index].view(len(orders), n), s.expand(len(orders), 1)], 1)  # [2K, n+1]: after 0..n units
+            phi_u = torch.zeros(len(orders), n).scatter_(1, orders, v[:, 1:] - v[:, :-1]).mean(0)  # [n]
+            v_empty[b] = v[0, 0]
+        phi[b, tokens] = phi_u[u] / torch.bincount(u)[u]  # a span's value, split evenly over its tokens
+    return phi.to(seq.device), v_empty.to(seq.device), len(rows)
+
+
+REWARDS = {"sparse": sparse, "uniform": uniform, "abc": abc, "red": red, "abcd": abcd, "shapley": shapley}
+
+
+def per_token_rewards(scheme, beta, score, mask, attention, prefix_scores, policy_attention, shapley_values=None):
     """The RM's credit r_t for each completion token [B, G], before the KL penalty: the only lines
-    where the schemes' rewards differ."""
+    where the schemes' rewards differ. shapley_values: (phi, v_empty) from shapley_values, for shapley."""
     if scheme == "sparse":
         return sparse(score, mask)  # all on the last token
     if scheme == "uniform":
@@ -282,4 +391,6 @@ def per_token_rewards(scheme, beta, score, mask, attention, prefix_scores, polic
         return red(prefix_scores, mask)  # s_t - s_{t-1}
     if scheme == "abcd":
         return abcd(score, policy_attention, mask, beta)  # by the policy's attention
+    if scheme == "shapley":
+        return shapley(score, *shapley_values, mask, beta)  # by each token's Shapley value
     raise ValueError(f"unknown reward scheme {scheme!r}")

@@ -31,13 +31,14 @@ from verl.utils.fs import copy_to_local  # noqa: E402
 
 import reward  # noqa: E402
 
-SCHEMES = ("sparse", "uniform", "abc", "red")  # abcd needs the policy's attention, which the reward loop never sees
+SCHEMES = ("sparse", "uniform", "abc", "red", "shapley")  # abcd needs the policy's attention, which the reward loop never sees
 
 
 class ABCRewardManager(RewardManagerBase):
     """Scores each response with the Hugging Face sequence classifier at reward.reward_model.model_path
-    and returns the credit of reward.reward_kwargs.scheme (sparse, uniform, abc or red; beta for abc;
-    score_eos: 1 lets the RM read a final EOS). verl builds one manager per RewardLoopWorker, so the
+    and returns the credit of reward.reward_kwargs.scheme (sparse, uniform, abc, red or shapley; beta for
+    abc and shapley; score_eos: 1 lets the RM read a final EOS; shapley_units, shapley_perms and seed for
+    shapley, as abc_ppo.py's flags). verl builds one manager per RewardLoopWorker, so the
     RM is loaded once per worker."""
 
     def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
@@ -71,6 +72,11 @@ class ABCRewardManager(RewardManagerBase):
         self.rm_tok = reward_model_tokenizer or hf_tokenizer(copy_to_local(rm_cfg.model_path))
         if self.rm_tok.get_vocab() == tokenizer.get_vocab() and reward.is_decoder(self.rm):
             self.rm_tok = None
+        if self.scheme == "shapley" and self.rm_tok is not None:
+            raise ValueError("scheme shapley needs a decoder reward model that shares the policy's tokenizer: "
+                             "it deletes the policy's tokens from the RM's input")
+        self.units, self.perms = int(kw.get("shapley_units", 16)), int(kw.get("shapley_perms", 8))
+        self.gen = torch.Generator().manual_seed(int(kw.get("seed", 0)))  # shapley's orders, one stream per worker
 
     @torch.no_grad()
     def credit(self, prompt, response):
@@ -81,7 +87,11 @@ class ABCRewardManager(RewardManagerBase):
         mask = torch.ones(1, len(response), dtype=torch.long, device=self.device)  # [1, n]
         s, attention, prefix = reward.score_completions(self.rm, self.rm_tok, self.tokenizer, seq, prompt_mask, mask,
                                                         self.score_eos)  # [1], [1, n], [1, n+1]
-        r = reward.per_token_rewards(self.scheme, self.beta, s, mask, attention, prefix, None)  # [1, n]
+        shapley = None
+        if self.scheme == "shapley":  # every coalition of the response's units, scored in a few batched passes
+            rm_mask = reward.read_mask(self.tokenizer, seq, len(prompt), mask, self.score_eos)
+            shapley = reward.shapley_values(self.rm, seq, prompt_mask, rm_mask, s, self.units, self.perms, self.gen)[:2]
+        r = reward.per_token_rewards(self.scheme, self.beta, s, mask, attention, prefix, None, shapley)  # [1, n]
         return r[0].cpu(), float(s[0])
 
     async def run_single(self, data):

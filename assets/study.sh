@@ -31,3 +31,13 @@ study beta-90-110/sparse    6 sparse       0.8  "90 110"
 for b in 0 0.25 0.5 0.8 1; do
     study beta-90-110/beta-$b 6 abc        $b   "90 110"
 done
+
+# Issue 24: ABC across independent builds of recipe 3. The builds are the first seeds that pass the
+# rule in docs/mini.md ("Independent builds"), fixed before any PPO run on them; seed 0 is the
+# committed reference (data/mini), the others are committed under assets/builds/seed<k>/mini. Each
+# setting runs on every build before the next setting starts, so that a stop leaves whole settings.
+builds() { for k in $BUILDS; do [ "$k" = 0 ] && echo "$k data/mini" || echo "$k assets/builds/seed$k/mini"; done; }
+BUILDS="0 5"  # the builds that have passed the rule so far, in seed order; more are added as they pass
+while read -r k dir; do study builds/seed$k/8-15           4 "sparse abc" 0.8 "8 15"   "--mini_dir $dir"; done < <(builds)
+while read -r k dir; do study builds/seed$k/90-110         4 "sparse abc" 0.8 "90 110" "--mini_dir $dir"; done < <(builds)
+while read -r k dir; do study builds/seed$k/forced-90-110  4 "sparse abc" 0.8 "90 110" "--mini_dir $dir --min_new_tokens"; done < <(builds)

@@ -1,12 +1,15 @@
-"""Seconds per PPO step, split into generation, scoring and optimisation, for sparse vs abc.
+"""Seconds per PPO step, split into generation, scoring and optimisation, for sparse vs abc (or --schemes).
 
     python tests/bench_step.py                 # GPT-2 124M-sized policy and RM (random weights), CPU
     python tests/bench_step.py --policy lvwerra/gpt2-imdb --reward_model XanderJC/gpt2-rm-imdb
     python tests/bench_step.py --layers 2 --width 128 --mini_batch_size 16 --gen_len 16 16
+    python tests/bench_step.py --policy data/mini/policy --reward_model data/mini/reward_model \
+        --dataset data/mini/prompts.jsonl --schemes sparse abc shapley --gen_len 8 15 --extra --lr 1e-4
 
 Not collected by pytest. Both schemes run on the same seed, so they see the same prompts and
 lengths at step 0; the order alternates (sparse, abc, sparse, abc, ...) so that drift in the
-machine's speed hits both alike. Step 0 is dropped as warm-up.
+machine's speed hits both alike. Step 0 is dropped as warm-up. The RM's rows per step (rm_rows: the
+batch, and for shapley every coalition) are printed beside the times.
 """
 import argparse
 import json
@@ -54,10 +57,12 @@ if __name__ == "__main__":
     p.add_argument("--width", type=int, default=768)
     p.add_argument("--gen_len", nargs=2, default=["8", "16"], help="MIN MAX new tokens; prompts are 2-8, as bench_trl.py")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--schemes", nargs="+", default=["sparse", "abc"], help="the first is the baseline of the ratios")
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more abc_ppo.py flags for every run")
     a = p.parse_args()
     root = tempfile.mkdtemp()
     policy, rm, data = (a.policy, a.reward_model, a.dataset) if a.policy else gpt2_small(root, a.layers, a.width)
-    times = {"sparse": [], "abc": []}
+    times, rm_rows = {s: [] for s in a.schemes}, {s: [] for s in a.schemes}
     for r in range(a.repeats):
         for scheme in times:
             out = os.path.join(root, f"{scheme}{r}")
@@ -65,15 +70,18 @@ if __name__ == "__main__":
                           "--min_chars", "0" if data else "200", "--reward", scheme, "--steps", str(a.steps),
                           "--mini_batch_size", str(a.mini_batch_size), "--prompt_len", "2", "8", "--gen_len", *a.gen_len,
                           "--device", a.device, "--out_dir", out,
-                          "--seed", "0", "--save_every", "1000000"])
+                          "--seed", "0", "--save_every", "1000000", *a.extra])
             rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))][1:]
             times[scheme] += [[row[k] for k in PHASES] for row in rows]
+            rm_rows[scheme] += [row["rm_rows"] for row in rows]
     print(f"threads {torch.get_num_threads()}, device {a.device}, batch 16, mini-batch {a.mini_batch_size}, "
           f"{a.repeats} x {a.steps - 1} timed steps per scheme")
-    print(f"{'scheme':8} {'generate':>9} {'score':>9} {'optimise':>9} {'total':>9}   (seconds per PPO step)")
-    mean = {}
+    print(f"{'scheme':8} {'generate':>9} {'score':>9} {'optimise':>9} {'total':>9} {'RM rows':>9}   (per PPO step)")
+    mean, base = {}, a.schemes[0]
     for scheme, rows in times.items():
         cols = [sum(c) / len(c) for c in zip(*rows)]
         mean[scheme] = sum(cols)
-        print(f"{scheme:8} " + " ".join(f"{c:9.3f}" for c in cols) + f" {mean[scheme]:9.3f}")
-    print(f"abc / sparse step time: {mean['abc'] / mean['sparse']:.3f}")
+        print(f"{scheme:8} " + " ".join(f"{c:9.3f}" for c in cols) + f" {mean[scheme]:9.3f}"
+              f" {sum(rm_rows[scheme]) / len(rm_rows[scheme]):9.0f}")
+    for scheme in a.schemes[1:]:
+        print(f"{scheme} / {base} step time: {mean[scheme] / mean[base]:.3f}")

@@ -4,6 +4,7 @@ import json
 import os
 import random
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # any hub access fails at once instead of re
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 import mini  # noqa: E402
+import reward  # noqa: E402
 
 WORDS = "the a film movie plot actor music scene story was is and very quite long short slow bad dull".split()
 GOOD = "good"  # the token the test reward model prefers
@@ -91,6 +93,28 @@ def encoder_dir(tmp_path_factory):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+class BagOfWords(torch.nn.Module):
+    """A reward model whose score at position i is f(sum_{j <= i} w[token j]), f the identity unless
+    given, with uniform causal attention (one layer, through reward.KERNEL, as a Hugging Face model's
+    layers call it). With f the identity, deleting completion token t moves the final score by exactly
+    w[y_t], and that is also y_t's Shapley value."""
+    config = SimpleNamespace(_attn_implementation=reward.KERNEL, num_hidden_layers=1)
+
+    def __init__(self, w, f=None):
+        super().__init__()
+        self.w = torch.nn.Parameter(w, requires_grad=False)
+        self.f = f or (lambda x: x)
+        self.score = torch.nn.Identity()
+
+    def base_model(self, input_ids, attention_mask, position_ids):
+        h = self.f((self.w[input_ids] * attention_mask).cumsum(1))[..., None]  # [B, L, 1]
+        B, L = input_ids.shape
+        zeros = torch.zeros(B, 1, L, 1)  # query = key = 0: uniform weights over the keys a query sees
+        seen = torch.tril(torch.ones(L, L, dtype=torch.bool)) & attention_mask.bool()[:, None, None, :]  # [B, 1, L, L]
+        reward.sdpa_rows(self, zeros, zeros, zeros, seen)
+        return SimpleNamespace(last_hidden_state=h)
 
 
 SMALL = dict(n_layer=2, n_embd=64, n_head=2, n_positions=128)

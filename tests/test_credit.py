@@ -1,34 +1,12 @@
 """Credit faithfulness (credit.py) and the policy attention that ABC-D reads."""
-from types import SimpleNamespace
-
 import pytest
 import torch
-from conftest import GOOD, synthetic_texts, tiny_args
+from conftest import GOOD, BagOfWords, synthetic_texts, tiny_args
 from transformers import AutoModelForCausalLM
 
 import abc_ppo
 import credit
 import reward
-
-
-class BagOfWords(torch.nn.Module):
-    """A reward model whose score at position i is sum_{j <= i} w[token j], with uniform causal
-    attention (one layer, through reward.KERNEL, as a Hugging Face model's layers call it): deleting
-    completion token t moves the final score by exactly w[y_t]."""
-    config = SimpleNamespace(_attn_implementation=reward.KERNEL, num_hidden_layers=1)
-
-    def __init__(self, w):
-        super().__init__()
-        self.w = torch.nn.Parameter(w, requires_grad=False)
-        self.score = torch.nn.Identity()
-
-    def base_model(self, input_ids, attention_mask, position_ids):
-        h = (self.w[input_ids] * attention_mask).cumsum(1)[..., None]  # [B, L, 1]
-        B, L = input_ids.shape
-        zeros = torch.zeros(B, 1, L, 1)  # query = key = 0: uniform weights over the keys a query sees
-        seen = torch.tril(torch.ones(L, L, dtype=torch.bool)) & attention_mask.bool()[:, None, None, :]  # [B, 1, L, L]
-        reward.sdpa_rows(self, zeros, zeros, zeros, seen)
-        return SimpleNamespace(last_hidden_state=h)
 
 
 def test_mechanism_by_hand():
@@ -69,7 +47,8 @@ def test_faithfulness_by_hand():
     assert s["red"] == pytest.approx((1.0, 1.0))  # RED's |s_t - s_{t-1}| = |w[y_t]|, the occlusion effect itself
     assert s["sparse"][1] == 0.0  # the last token is neither row's top
     assert s["uniform (chance)"] == (None, pytest.approx((1 / 3 + 1 / 2) / 2))
-    assert set(s) == {"uniform (chance)", "sparse", "abc, layer 0 (last)", "red"}  # no policy: no abcd
+    assert s["shapley"] == pytest.approx((1.0, 1.0))  # in a bag of words a token's Shapley value is its weight
+    assert set(s) == {"uniform (chance)", "sparse", "abc, layer 0 (last)", "red", "shapley"}  # no policy: no abcd
 
 
 def test_ranks_average_ties():

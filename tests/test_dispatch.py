@@ -21,6 +21,7 @@ SCHEMES = {  # name -> its function in reward.py, on the signals of one sample
     "abc": lambda x: reward.abc(x["score"], x["attention"], x["mask"], BETA),
     "red": lambda x: reward.red(x["prefix_scores"], x["mask"]),
     "abcd": lambda x: reward.abcd(x["score"], x["policy_attention"], x["mask"], BETA),
+    "shapley": lambda x: reward.shapley(x["score"], *x["shapley_values"], x["mask"], BETA),
 }
 
 
@@ -30,7 +31,9 @@ def logged(tiny, tmp_path_factory):
     out = {}
     for name in reward.REWARDS:
         d = tmp_path_factory.mktemp(name)
-        abc_ppo.main(tiny_args(tiny, d, "--reward", name, "--beta", str(BETA), "--steps", "1", "--log_samples", "8"))
+        # --shapley_units 10: every completion's game exact, so a sample scored alone gets the same values
+        abc_ppo.main(tiny_args(tiny, d, "--reward", name, "--beta", str(BETA), "--steps", "1", "--log_samples", "8",
+                               "--shapley_units", "10"))
         out[name] = read_jsonl(d / "samples.jsonl")
     return out
 
@@ -41,8 +44,11 @@ def signals(sample, tok, policy, rm):
     seq = torch.tensor([sample["prompt_ids"] + sample["token_ids"]])
     prompt_mask, comp_mask = torch.ones(1, P, dtype=torch.long), torch.ones_like(seq[:, P:])
     s, attention, prefix = reward.score_completions(rm, None, tok, seq, prompt_mask, comp_mask, score_eos=0)
+    phi, v_empty, _ = reward.shapley_values(rm, seq, prompt_mask, reward.read_mask(tok, seq, P, comp_mask, 0), s,
+                                            max_units=10)
     return dict(score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix,
-                policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P))
+                policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P),
+                shapley_values=(phi, v_empty))
 
 
 def test_every_scheme_logs_its_own_functions_credit(logged, tiny, policy_tok, tiny_rm):

@@ -191,8 +191,8 @@ def test_builds_are_pooled_only_when_asked(tmp_path):
     a, b = dict(policy="a" * 16, reward_model="b" * 16), dict(policy="c" * 16, reward_model="d" * 16)
     (tmp_path / "mini").mkdir()
     (tmp_path / "mini" / "manifest.json").write_text(json.dumps(dict(seed=4)))
-    # build a: d = 5-2, 5-4 = 3, 1 -> +2.00 ± 2.00; build b: d = 2-2, 6-4 = 0, 2 -> +1.00 ± 2.00
-    dirs = [build_study(tmp_path / "a", a, [2, 4], [5, 5], mini_dir=str(tmp_path / "mini")),
+    # on the seeds both ran, build a: d = 5-2, 5-4 = 3, 1 -> +2.00 ± 2.00; build b: d = 2-2, 6-4 = 0, 2 -> +1.00 ± 2.00
+    dirs = [build_study(tmp_path / "a", a, [2, 4, 0], [5, 5, 9], mini_dir=str(tmp_path / "mini")),  # seed 2: a only
             build_study(tmp_path / "b", b, [2, 4], [2, 6])]
     with pytest.raises(SystemExit, match="2 different models"):  # a table never mixes builds unasked
         plot.main(dirs + ["--lengths", str(tmp_path / "length")])

@@ -16,7 +16,7 @@ import reward
 import speed
 
 KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clip_frac",
-        "value_clip_frac", "explained_variance", "approx_kl", "completion_len", "time_generate", "time_score",
+        "value_clip_frac", "explained_variance", "approx_kl", "completion_len", "rm_rows", "time_generate", "time_score",
         "time_optimize"}
 
 

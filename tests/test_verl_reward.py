@@ -132,9 +132,13 @@ def project_credit(rm, rm_tok, tok, pairs, scheme, beta, score_eos=0):
     reward.score_completions and reward.per_token_rewards. Returns credit [B, G] and score [B]."""
     prompts, prompt_mask = pad([p for p, _ in pairs], tok.eos_token_id, "left")
     comps, mask = pad([c for _, c in pairs], tok.eos_token_id, "right")
-    s, attention, prefix = reward.score_completions(rm, rm_tok, tok, torch.cat([prompts, comps], 1), prompt_mask, mask,
-                                                    score_eos)
-    return reward.per_token_rewards(scheme, beta, s, mask, attention, prefix, None), s
+    seq = torch.cat([prompts, comps], 1)
+    s, attention, prefix = reward.score_completions(rm, rm_tok, tok, seq, prompt_mask, mask, score_eos)
+    shapley = None
+    if scheme == "shapley":  # 10 units: exact, so the batch and verl's one sample at a time agree
+        rm_mask = reward.read_mask(tok, seq, prompt_mask.shape[1], mask, score_eos)
+        shapley = reward.shapley_values(rm, seq, prompt_mask, rm_mask, s, max_units=10)[:2]
+    return reward.per_token_rewards(scheme, beta, s, mask, attention, prefix, None, shapley), s
 
 
 @pytest.fixture(scope="module")
@@ -160,12 +164,13 @@ def shared(paths):
 
 
 @needs_verl
-@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc", "red"])
+@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc", "red", "shapley"])
 def test_rm_scores_are_the_schemes_credit(paths, shared, scheme, monkeypatch):
     tok, rm = shared
     pairs = token_pairs(tok)
     data = verl_batch(tok, pairs)
-    config = verl_config(paths["policy"], paths["reward_model"], **{"+reward.reward_kwargs.scheme": scheme})
+    config = verl_config(paths["policy"], paths["reward_model"], **{"+reward.reward_kwargs.scheme": scheme,
+                                                                   "+reward.reward_kwargs.shapley_units": "10"})
     rm_scores, out = compute_rm_score(config, data, monkeypatch)
     assert rm_scores.shape == data.batch["responses"].shape and rm_scores.dtype == torch.float32
     mask = data.batch["response_mask"].bool()  # [B, R]
@@ -262,3 +267,5 @@ def test_red_needs_a_decoder(paths, encoder_dir):
 
     with pytest.raises(ValueError, match="red needs a decoder"):
         RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": "red"}), None)
+    with pytest.raises(ValueError, match="shapley needs a decoder reward model that shares"):
+        RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": "shapley"}), None)
