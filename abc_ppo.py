@@ -157,6 +157,14 @@ class ValueHead(torch.nn.Linear):
         return super().forward(h).squeeze(-1)
 
 
+# The masks, 1 on real tokens and 0 on padding, from here on:
+#   prompt_mask [B, P]    the prompt, left-padded to the longest prompt P
+#   comp_mask   [B, G]    the completion: its tokens up to its first EOS or length limit,
+#                         the policy's actions; `mask` is its float copy, which weights the sums
+#   attn_mask   [B, P+G]  both together, for every forward pass over the sequence
+#   rm_mask     [B, G]    comp_mask less a final EOS the RM does not read (reward.read_mask)
+
+
 # 4. Rollout: sample completions in one batched generate call. -------------------------------------
 @torch.no_grad()
 def rollout(policy, tok, prompt_ids, prompt_mask, lengths, min_new_tokens=False):
@@ -374,8 +382,11 @@ def main(argv=None):
     device = torch.device(args.device)
     speed.keep_freed_memory()  # on a CPU, reuse each update's gradient memory, not page-fault it in anew
     autocast = speed.bf16_autocast(device, args.bf16)  # --bf16: the policy's passes in bfloat16 on a GPU
-    if args.preset == "mini":
-        presets.ensure_mini(args.mini_dir)  # built once (about two minutes), then reused
+    if args.preset == "mini":  # the committed build, checked by its fingerprints; a cache elsewhere is built once
+        try:
+            mini.ensure(args.mini_dir)
+        except (OSError, ValueError) as e:
+            fail(f"the mini preset in {args.mini_dir} is not usable: {e}")
     if args.explain or args.faithfulness:
         tok, policy, _, rm, rm_tok = load_models(args, device)
         if args.explain:
@@ -413,48 +424,52 @@ def main(argv=None):
         logs = [metrics_file, samples_file]
         start = checkpoints.resume(args.out_dir, logs, m.policy, value_head, opt, kl_ctl, data_rng, credit_rng)
 
-    # The masks, 1 on real tokens and 0 on padding:
-    #   prompt_mask [B, P]    the prompt, left-padded to the longest prompt P
-    #   comp_mask   [B, G]    the completion: its tokens up to its first EOS or length limit,
-    #                         the policy's actions; `mask` is its float copy, which weights the sums
-    #   attn_mask   [B, P+G]  both together, for every forward pass over the sequence
-    #   rm_mask     [B, G]    comp_mask less a final EOS the RM does not read (reward.score_completions)
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)
-    for step in bar:
-        # --- Rollout: prompts -> sampled completions -------------------------------------
-        t0 = time.perf_counter()
-        prompt_ids, prompt_mask, gen_len = (x.to(device) for x in sample_prompts(
-            texts, m.tok, args.batch_size, args.prompt_len, args.gen_len, data_rng))
-        with autocast:
-            seq, comp_mask = rollout(m.policy, m.tok, prompt_ids, prompt_mask, gen_len,
-                                     args.min_new_tokens)  # [B, P+G], [B, G]
-        t1 = time.perf_counter()
+    # SIGTERM (a scheduler, docker stop, kill) or SIGINT (Ctrl-C) inside: finish the step, save, exit.
+    with checkpoints.StopOnSignal() as stop:
+        bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)
+        for step in bar:
+            # --- Rollout: prompts -> sampled completions -------------------------------------
+            t0 = time.perf_counter()
+            prompt_ids, prompt_mask, gen_len = (x.to(device) for x in sample_prompts(
+                texts, m.tok, args.batch_size, args.prompt_len, args.gen_len, data_rng))
+            with autocast, checkpoints.sampling_diverged(step, args, bar):  # nan logits: one line, not a traceback
+                seq, comp_mask = rollout(m.policy, m.tok, prompt_ids, prompt_mask, gen_len,
+                                         args.min_new_tokens)  # [B, P+G], [B, G]
+            t1 = time.perf_counter()
 
-        # --- Scoring: RM score and credit, old and reference log-probs, rewards, GAE -----
-        kl_coef = kl_ctl.value
-        exp = experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng)
-        t2 = time.perf_counter()
+            # --- Scoring: RM score and credit, old and reference log-probs, rewards, GAE -----
+            kl_coef = kl_ctl.value
+            exp = experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng)
+            checkpoints.check_scores(exp.rm_score, step, m.tok, seq, prompt_mask, bar)  # a nan score is the RM's fault
+            t2 = time.perf_counter()
 
-        # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
-        stats = ppo_update(args, m.policy, value_head, opt, exp, data_rng, autocast)
-        mean_kl = exp.kl.sum(1).mean().item()
-        kl_ctl.update(mean_kl, args.batch_size)
-        t3 = time.perf_counter()
+            # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
+            stats = ppo_update(args, m.policy, value_head, opt, exp, data_rng, autocast)
+            mean_kl = exp.kl.sum(1).mean().item()
+            kl_ctl.update(mean_kl, args.batch_size)
+            t3 = time.perf_counter()
 
-        # --- Logging: one JSON line per step, flushed at once ---------------------------
-        mask = comp_mask.float()
-        row = dict(step=step, reward_mean=exp.rm_score.mean().item(),
-                   reward_std=exp.rm_score.std().item() if args.batch_size > 1 else 0.0, kl=mean_kl, kl_coef=kl_coef,
-                   **stats, explained_variance=explained_variance(exp.returns, exp.old.values, mask),
-                   completion_len=mask.sum(1).mean().item(), rm_rows=exp.rm_rows,
-                   time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
-        metrics_file.write(json.dumps(row) + "\n")
-        metrics_file.flush()
-        if samples_file:
-            credit.write_samples(samples_file, step, m.tok, exp, args.log_samples)
-        bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng, credit_rng)
+            # --- Divergence: a non-finite loss, KL, reward or weight stops the run here, before it is
+            # logged or saved, so metrics.jsonl and the checkpoint hold finite states only -------
+            checkpoints.check_finite(step, args, bar, stats | dict(kl=mean_kl, kl_coef=kl_ctl.value),
+                                     dict(rewards=exp.rewards), policy=m.policy, value_head=value_head)
+
+            # --- Logging: one JSON line per step, flushed at once ---------------------------
+            mask = comp_mask.float()
+            row = dict(step=step, reward_mean=exp.rm_score.mean().item(),
+                       reward_std=exp.rm_score.std().item() if args.batch_size > 1 else 0.0, kl=mean_kl,
+                       kl_coef=kl_coef, **stats, explained_variance=explained_variance(exp.returns, exp.old.values, mask),
+                       completion_len=mask.sum(1).mean().item(), rm_rows=exp.rm_rows,
+                       time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+            if samples_file:
+                credit.write_samples(samples_file, step, m.tok, exp, args.log_samples)
+            bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
+            if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop.signum:
+                checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng, credit_rng)
+            if stop.signum:  # SIGTERM or SIGINT came during the step: it is saved, now go
+                stop.exit(step, bar)
     metrics_file.close()
     if samples_file:
         samples_file.close()

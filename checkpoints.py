@@ -1,17 +1,23 @@
-"""A run's record: its config, and checkpoints with everything needed to continue it exactly.
+"""A run's record, and how a run stops without losing it.
 
 <out_dir>/config.json holds every resolved flag, the library versions, the git commit and a fingerprint
 of the models the run started from.
 <out_dir>/checkpoint holds the policy and tokenizer (save_pretrained) and trainer_state.pt:
 the value head, Adam's state, the KL coefficient and every random generator's state.
+A run stops with one line on stderr and an exit code: 2 bad input (presets.fail), DIVERGED when a
+step turns a loss, the KL, a reward or a weight non-finite (check_finite), and 128 + the signal
+number after SIGTERM (143) or SIGINT (130), once the step is saved (StopOnSignal).
 """
-import hashlib
+import contextlib
 import json
+import math
 import os
 import random
 import platform
 import shutil
+import signal
 import subprocess
+import sys
 
 import torch
 
@@ -30,8 +36,7 @@ def write_config(args):
     flags = vars(args)
     models = dict(policy=mini.fingerprint(args.policy), reward_model=mini.fingerprint(args.reward_model))
     if args.resume and os.path.exists(path):
-        with open(path) as f:
-            before = json.load(f)
+        before = read_config(path, args.out_dir)
         for k, v in flags.items():
             if k not in PLACE and k in before["flags"] and before["flags"][k] != v:
                 fail(f"--resume: --{k} is {v} here but {before['flags'][k]} in {path}, a different experiment; "
@@ -46,6 +51,23 @@ def write_config(args):
                     transformers=transformers.__version__, datasets=datasets.__version__)
     with open(path, "w") as f:
         json.dump(dict(flags=flags, versions=versions, git=git_commit(), models=models), f, indent=1)
+
+
+def read_config(path, out_dir):
+    """A run's config.json as write_config wrote it, or one line that says what is wrong with it."""
+    try:
+        with open(path) as f:
+            text = f.read()
+        before = json.loads(text)
+        why = None if isinstance(before, dict) and isinstance(before.get("flags"), dict) else "it has no 'flags'"
+    except (OSError, UnicodeDecodeError) as e:
+        why = first_line(e)
+    except ValueError:
+        why = "it is empty" if not text.strip() else "it is not whole JSON: truncated or edited"
+    if why:
+        fail(f"--resume: {path} is not a config.json that abc_ppo.py wrote ({why}); move {out_dir} aside and "
+             f"start again, or run without --resume")
+    return before
 
 
 def git_commit():
@@ -86,18 +108,19 @@ def resume(out_dir, logs, policy, value_head, opt, kl_ctl, data_rng, credit_rng)
         # dicts are all it holds (random.getstate() is a tuple of ints).
         state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=True)
         policy.load_state_dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict())
-    except Exception as e:
-        fail(f"--resume: no usable checkpoint in {path} ({first_line(e)})")
-    value_head.load_state_dict(state["value_head"])
-    opt.load_state_dict(state["opt"])
-    kl_ctl.value = state["kl_coef"]
-    data_rng.set_state(state["gen"])
-    if "credit_gen" in state:  # checkpoints from before shapley have none, and no run that needs it
-        credit_rng.set_state(state["credit_gen"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate(state["py_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+        value_head.load_state_dict(state["value_head"])
+        opt.load_state_dict(state["opt"])
+        kl_ctl.value = state["kl_coef"]
+        data_rng.set_state(state["gen"])
+        if "credit_gen" in state:  # checkpoints from before shapley have none, and no run that needs it
+            credit_rng.set_state(state["credit_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["py_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+    except Exception as e:  # missing, truncated, from another version or another model: one line, not a traceback
+        fail(f"--resume: no usable checkpoint in {path} ({first_line(e)}); move {out_dir} aside and start again, "
+             f"or run without --resume")
     for f in logs:
         if f:
             drop_steps_from(f.name, state["step"] + 1)
@@ -122,3 +145,81 @@ def drop_steps_from(path, start):
             keep.append(line if line.endswith("\n") else line + "\n")
     with open(path, "w") as f:
         f.writelines(keep)
+
+
+# Stopping without losing anything ------------------------------------------------------------------
+DIVERGED = 3  # the exit code of a run that a non-finite value stopped
+
+
+def check_finite(step, args, bar, stats, tensors, **models):
+    """Stop the run with one line and exit code DIVERGED at the first non-finite value among the step's
+    statistics (losses, KL, ...), tensors (the rewards) and the models' parameters. It runs before the
+    step is logged or saved, so the last checkpoint stays the last finite state. One sum per parameter,
+    read back once: a sum is finite only if every element is (a finite tensor whose sum overflows
+    float32 would need entries near 1e38)."""
+    bad = next((k for k, v in stats.items() if not math.isfinite(v)), None)
+    bad = bad or next((k for k, t in tensors.items() if not torch.isfinite(t).all()), None)
+    for name, model in models.items():
+        if bad is None and not torch.isfinite(torch.stack([p.detach().sum() for p in model.parameters()]).sum()):
+            bad = next(f"{name} parameter {n}" for n, p in model.named_parameters() if not torch.isfinite(p).all())
+    if bad:
+        diverged(step, bad, args, bar)
+
+
+def diverged(step, what, args, bar):
+    bar.close()
+    hint = f"lower --lr (now {args.lr:g}) in a new --out_dir" + (", or drop --bf16" if args.bf16 else "")
+    print(f"abc_ppo.py: error: diverged at step {step}: {what} is not finite. Nothing of this step was logged or "
+          f"saved; {os.path.join(args.out_dir, 'checkpoint')}, if there is one, is from a finite step. {hint}",
+          file=sys.stderr)
+    sys.exit(DIVERGED)
+
+
+@contextlib.contextmanager
+def sampling_diverged(step, args, bar):
+    """A policy whose logits are already inf or nan fails in generate's sampling: say so in one line."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "probability tensor contains" not in str(e):
+            raise
+        diverged(step, "the policy's sampling distribution", args, bar)
+
+
+def check_scores(score, step, tok, seq, prompt_mask, bar):
+    """A non-finite RM score is the reward model's fault, not divergence: bad input, named by sample."""
+    bad = (~torch.isfinite(score)).nonzero()
+    if len(bad):
+        b = int(bad[0])
+        bar.close()
+        prompt = tok.decode(seq[b, :prompt_mask.shape[1]][prompt_mask[b].bool()])
+        fail(f"the reward model returned a non-finite score ({score[b].item()}) for sample {b} of step {step} "
+             f"(prompt {prompt!r}); check the reward model, its dtype and its inputs")
+
+
+class StopOnSignal:
+    """Inside `with`, SIGTERM (a scheduler's preemption, docker stop, kill) and SIGINT (Ctrl-C) only set
+    `signum`: the loop finishes its step, saves a checkpoint (atomically, so a signal during the save
+    leaves the last one whole) and calls exit. A second signal exits at once."""
+
+    def __init__(self):
+        self.signum = None
+        self.before = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            print("\nabc_ppo.py: second signal: exiting at once, without saving this step", file=sys.stderr)
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):  # whatever ends the loop, a finished run or a stop in one line
+        for s, handler in self.before.items():
+            signal.signal(s, handler)
+
+    def exit(self, step, bar):
+        bar.close()
+        print(f"abc_ppo.py: stopped at step {step}; continue with --resume", file=sys.stderr)
+        sys.exit(128 + self.signum)

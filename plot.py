@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import sys
 
 import numpy as np
 import matplotlib
@@ -27,13 +28,17 @@ KEYS = ["step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "va
 DEFAULT_ORDER = ["sparse", "uniform", "abc"]
 
 
+class BadRun(Exception):
+    """A run whose files cannot be read as abc_ppo.py writes them: load_runs skips it and says why."""
+
+
 def read_metrics(path):
     """One run -> {key: np.array over steps}, sorted by step; a repeated step (resumed run) keeps its last line."""
     by_step = {}
     try:
         lines = open(path).read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise SystemExit(f"plot.py: cannot read {path}: {e}")
+        raise BadRun(f"cannot read {path}: {e}")
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -41,9 +46,9 @@ def read_metrics(path):
             rec = json.loads(line)
             by_step[int(rec["step"])] = {k: float(rec[k]) for k in KEYS}
         except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"plot.py: {path}:{i}: bad metrics line ({type(e).__name__}: {e})")
+            raise BadRun(f"{path}:{i}: bad metrics line ({type(e).__name__}: {e})")
     if not by_step:
-        raise SystemExit(f"plot.py: {path}: no metrics lines")
+        raise BadRun(f"{path}: no metrics lines")
     return {k: np.array([by_step[s][k] for s in sorted(by_step)]) for k in KEYS}
 
 
@@ -59,7 +64,7 @@ def read_config(metrics_path):
         return dict(config=(config["flags"]["reward"], float(config["flags"]["beta"])),
                     models=json.dumps(models, sort_keys=True) if models else None)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SystemExit(f"plot.py: {path}: not a run config ({type(e).__name__}: {e})")
+        raise BadRun(f"{path}: not a run config ({type(e).__name__}: {e})")
 
 
 def label(scheme, seeds):
@@ -68,7 +73,7 @@ def label(scheme, seeds):
     if len(configs) > 1:
         raise SystemExit(f"plot.py: the runs in {scheme}/ differ in --reward or --beta: {sorted(configs)}")
     reward, beta = configs.pop() if configs else (None, None)
-    return f"{scheme} (β {beta:g})" if reward in ("abc", "abcd") else scheme
+    return f"{scheme} (β {beta:g})" if reward in ("abc", "abcd", "shapley") else scheme
 
 
 def load_runs(out):
@@ -82,7 +87,11 @@ def load_runs(out):
         m = re.fullmatch(r"seed(\d+)", os.path.basename(os.path.dirname(path)))
         if m:
             scheme = os.path.basename(os.path.dirname(os.path.dirname(path)))
-            runs.setdefault(scheme, []).append((int(m.group(1)), read_metrics(path) | read_config(path)))
+            try:
+                runs.setdefault(scheme, []).append((int(m.group(1)), read_metrics(path) | read_config(path)))
+            except BadRun as e:  # a damaged run costs that run only
+                print(f"plot.py: skipped {os.path.dirname(path)}: {e}", file=sys.stderr)
+    runs = {k: v for k, v in runs.items() if v}
     if not runs:
         raise SystemExit(f"plot.py: no metrics files found under {out}/<reward>/seed<k>/metrics.jsonl")
     for scheme, seeds in runs.items():

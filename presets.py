@@ -11,8 +11,6 @@ import sys
 
 import torch
 
-import mini
-
 # A small GPT-2 policy and RM built offline by mini.py; prompts are held-out reviews. The tiny
 # model learns at a larger learning rate than GPT-2 124M. mini's RM is trained on review + EOS,
 # so it reads a completion's final EOS (score_eos 1); the paper's RM scored the text before it.
@@ -139,13 +137,6 @@ def paper_cached(parser, keys):
                 else try_to_load_from_cache(name, "config.json"))
 
     return all(isinstance(cached(k), str) for k in keys)
-
-
-def ensure_mini(mini_dir):
-    try:
-        mini.ensure(mini_dir)
-    except (OSError, ValueError) as e:
-        fail(f"the mini preset in {mini_dir} is not usable: {e}")
 
 
 def load(what, cls, name, **kw):

@@ -27,6 +27,31 @@ def test_no_module_imports_abc_ppo():
     assert [os.path.basename(p) for p in modules if "abc_ppo" in imported(p)] == []
 
 
+def cycle(graph):
+    """A circle in {module: modules it imports}, as a list that starts and ends with the same module; None."""
+    done, path = set(), []
+
+    def visit(m):
+        if m in path:
+            return path[path.index(m):] + [m]
+        if m in done:
+            return None
+        path.append(m)
+        found = next((c for n in sorted(graph.get(m, ())) if (c := visit(n))), None)
+        path.pop()
+        done.add(m)
+        return found
+
+    return next((c for m in sorted(graph) if (c := visit(m))), None)
+
+
+def test_the_project_import_graph_has_no_circle():
+    names = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
+    graph = {n: imported(os.path.join(ROOT, n + ".py")) & names - {n} for n in names}
+    assert cycle(graph) is None, " -> ".join(cycle(graph))
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]  # the check can fail
+
+
 def test_the_script_is_loaded_once(tiny, tmp_path):
     # Run as a script (__main__) for --explain, --faithfulness and a training step, the paths that
     # used to import abc_ppo a second time as a module.

@@ -131,10 +131,12 @@ def test_bad_input(tmp_path):
         plot.main([str(tmp_path / "missing")])
 
 
-def test_bad_line(tmp_path):
+def test_bad_line(tmp_path, capsys):
     write(tmp_path, "abc", 0, [line(0, 1.0), "{not json"])
-    with pytest.raises(SystemExit, match="metrics.jsonl:2"):
+    with pytest.raises(SystemExit, match="no metrics files found"):  # the only run is skipped
         plot.main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "plot.py: skipped" in err and "metrics.jsonl:2: bad metrics line" in err
 
 
 def test_smooth():

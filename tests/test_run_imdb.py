@@ -1,9 +1,12 @@
 """run_imdb.sh end to end on a mini preset built from a reduced corpus: every run, then the report."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
 from conftest import ROOT, read_metrics
 
 import mini
@@ -24,19 +27,26 @@ def run_script(env):
     return subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, capture_output=True, text=True)
 
 
-def test_run_imdb_mini_one_seed_three_steps(tmp_path):
+@pytest.fixture(scope="module")
+def mini_dir(tmp_path_factory):
+    """A mini preset built in seconds from a reduced corpus."""
+    root = tmp_path_factory.mktemp("reduced")
     texts, labels = mini.read_reviews(mini.CORPUS)
-    data = tmp_path / "reduced.jsonl"
+    data = root / "reduced.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts[:300], labels[:300])))
-    mini_dir = str(tmp_path / "mini")
-    mini.build(str(data), mini_dir, lm_steps=30, rm_steps=30, size=dict(n_layer=2, n_embd=32, n_head=2, n_positions=64))
+    mini.build(str(data), str(root / "mini"), lm_steps=30, rm_steps=30,
+               size=dict(n_layer=2, n_embd=32, n_head=2, n_positions=64))
+    return str(root / "mini")
+
+
+def test_run_imdb_mini_one_seed_three_steps(tmp_path, mini_dir):
     out = tmp_path / "out"
     env = script_env(tmp_path, PRESET="mini", SEEDS="1", STEPS="3", OUT=str(out), GEN_LEN="3 4",
                      EXTRA=f"--mini_dir {mini_dir}")
     r = run_script(env)
     assert r.returncode == 0, r.stderr[-2000:]
     schemes = list(reward.REWARDS)
-    assert schemes == ["sparse", "uniform", "abc", "red", "abcd"]  # the reproduction runs every scheme
+    assert schemes == ["sparse", "uniform", "abc", "red", "abcd", "shapley"]  # the reproduction runs every scheme
     step0 = set()
     for s in schemes:
         run_dir = out / s / "seed0"
@@ -51,7 +61,7 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path):
     table = (out / "results.md").read_text()
     # Each run's config.json gives its beta, shown for the schemes that use it.
     assert all(f"| {s} | 1 |" in table for s in ("sparse", "uniform", "red"))
-    assert all(f"| {s} (β 0.8) | 1 |" in table for s in ("abc", "abcd"))
+    assert all(f"| {s} (β 0.8) | 1 |" in table for s in ("abc", "abcd", "shapley"))
     # A second start finds every run finished and only remakes the report.
     again = run_script(env)
     assert again.returncode == 0 and again.stdout.count("(done)") == len(schemes)
@@ -66,3 +76,32 @@ def test_run_imdb_fails_loudly(tmp_path):
                      EXTRA=f"--mini_dir {tmp_path / 'mini'} --batch_size 3 --mini_batch_size 2")
     r = run_script(env)
     assert r.returncode != 0 and "must be a multiple of --mini_batch_size" in r.stderr
+
+
+def test_a_stop_signal_leaves_every_run_resumable(tmp_path, mini_dir):
+    out = tmp_path / "out"
+    env = script_env(tmp_path, PRESET="mini", SEEDS="1", STEPS="500", OUT=str(out), GEN_LEN="3 4", JOBS="2",
+                     REWARDS="sparse abc", EXTRA=f"--mini_dir {mini_dir}")
+    p = subprocess.Popen(["bash", os.path.join(ROOT, "run_imdb.sh")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    runs = [out / s / "seed0" for s in ("sparse", "abc")]
+    deadline = time.time() + 300
+    while not all((d / "metrics.jsonl").exists() and read_metrics(d) for d in runs):
+        assert time.time() < deadline and p.poll() is None, p.communicate()[1][-2000:]
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # to the script alone, as `kill` or `docker stop` sends it
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 143, stderr[-2000:]
+    assert "stopping: each running run finishes its step" in stderr and "run the same command again" in stderr
+    steps = []
+    for d in runs:  # each run stopped at a saved step, not done
+        assert f"stopped {d.parent.name} seed 0 at a checkpoint" in stdout
+        assert not (d / "done").exists() and "continue with --resume" in (d / "log.txt").read_text()
+        steps.append(len(read_metrics(d)))
+        assert steps[-1] >= 1
+    # The same command, asked for one step more than the longest run has, resumes both and finishes them.
+    again = subprocess.run(["bash", os.path.join(ROOT, "run_imdb.sh")], env=dict(env, STEPS=str(max(steps) + 1)),
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for d in runs:
+        assert (d / "done").exists() and [r["step"] for r in read_metrics(d)] == list(range(max(steps) + 1))
