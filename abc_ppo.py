@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from transformers import GenerationConfig
 
 import checkpoints
 import credit
@@ -141,7 +142,7 @@ def load_models(args, device):
     if args.reward == "shapley" and rm_tok is not None:
         fail("--reward shapley needs a decoder reward model that shares the policy's tokenizer: it deletes "
              "the policy's tokens from the RM's input")
-    presets.check_models(args, policy, rm, rm_tok)
+    presets.check_models(args, policy, rm, rm_tok)  # labels, positions, and logits that forward() reproduces
     return Models(tok, policy, ref, rm, rm_tok)
 
 
@@ -172,13 +173,17 @@ def rollout(policy, tok, prompt_ids, prompt_mask, lengths, min_new_tokens=False)
     With min_new_tokens, EOS is forbidden before lengths[b], so every row is exactly that long.
     Returns seq [B, P+G] (prompt + completion) and comp_mask [B, G]."""
     P = prompt_ids.shape[1]
+    # Sample from pi itself, the full distribution at temperature 1, as in the paper. generate() fills
+    # every setting left unset from the model's own generation config, where a checkpoint may set a
+    # temperature, a repetition penalty or an n-gram ban: another distribution than the pi that
+    # forward() computes for the ratio and the KL. So that config is replaced, not merged.
+    policy.generation_config = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
+                                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     # Off by default. The paper forced lengths, but a policy sampled with EOS masked out while its
     # log-probs are read unmasked can push the KL estimate negative and be paid for it (TRL #1002).
     forbid_eos = [ForbidEOS(tok.eos_token_id, P, lengths)] if min_new_tokens else []
-    out = policy.generate(
-        input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=int(lengths.max()),
-        do_sample=True, top_k=0, top_p=1.0,  # sample from the full distribution, as in the paper
-        logits_processor=forbid_eos, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=int(lengths.max()),
+                          logits_processor=forbid_eos)
     comp = out[:, P:]  # cut at the prompt length, not [-gen_len:], which breaks if generation stops early
     G = comp.shape[1]
     t = torch.arange(G, device=comp.device)

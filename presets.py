@@ -191,6 +191,19 @@ def load_texts(name, min_chars):
     return texts
 
 
+@torch.no_grad()
+def check_logits(name, policy):
+    """abc_ppo.forward computes pi as the output embedding of the body's last hidden state. A model whose
+    own forward transforms its logits after that (Gemma-2's final soft-capping, Cohere's logit_scale)
+    would be trained as another pi than it samples: refuse it, tried on four tokens."""
+    ids = torch.arange(4, device=policy.device)[None] % policy.config.vocab_size
+    own = policy(input_ids=ids).logits.float()
+    ours = policy.get_output_embeddings()(policy.base_model(input_ids=ids).last_hidden_state).float()
+    if not torch.allclose(own, ours, rtol=1e-4, atol=1e-4):
+        fail(f"--policy '{name}' transforms its logits after the output embedding (e.g. soft-capping or a logit "
+             f"scale), which abc_ppo.forward does not reproduce: it would train another distribution than it samples")
+
+
 def check_models(args, policy, rm, rm_tok):
     """The RM gives one score (one logit, or two: logit_1 - logit_0). The longest prompt plus the
     longest completion, prompt_len MAX + gen_len MAX tokens, must fit the policy's and the RM's
@@ -199,6 +212,10 @@ def check_models(args, policy, rm, rm_tok):
     same count plus its special tokens. --faithfulness reads the same lengths; --explain does not."""
     if rm.config.num_labels > 2:
         fail(f"--reward_model '{args.reward_model}' has {rm.config.num_labels} labels; 1 or 2 are supported")
+    check_logits(args.policy, policy)
+    if args.score_eos and rm_tok is not None:
+        print("abc_ppo.py: warning: --score_eos 1 has no effect: this reward model has a tokenizer of its own, and "
+              "the text it is given has no EOS (retokenize.py)", file=sys.stderr)
     if args.explain:
         return  # --explain scores its own text, of its own length
     need = args.prompt_len[1] + args.gen_len[1]
