@@ -224,7 +224,8 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
                                 use_cache=False)  # no KV cache to build: one pass
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
     # Both heads run in float32, also under --bf16, so old and new log-probs agree to float
-    # precision and the PPO ratio starts at 1.
+    # precision and the PPO ratio starts at 1. (Under --bf16 the sampler read bfloat16 logits, so
+    # pi_old and the distribution sampled from agree only to bfloat16's precision.)
     with torch.autocast(h.device.type, enabled=False):
         h = h.float()
         logits = policy.get_output_embeddings()(h)  # [B, G, V]

@@ -10,6 +10,7 @@ completion. `per_token_rewards` picks the scheme that --reward names.
 """
 import contextlib
 import math
+import threading
 from types import SimpleNamespace
 
 import torch
@@ -84,13 +85,15 @@ def softmax_rows(query, key, mask, scaling, causal, i):
     return s.softmax(-1).mean(2)  # [B, R, Lk]
 
 
-_reading = None  # inside `attention_rows`: what to compute, and the attention calls seen so far
+# Inside `attention_rows`: what to compute, and the attention calls seen so far. Per thread, since a
+# pass calls attention in the thread that runs it and two threads may score at once (verl_reward.py).
+_local = threading.local()
 
 
 def sdpa_rows(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """KERNEL: transformers' SDPA attention, unchanged; inside `attention_rows` the last layer's call
     (every layer's, with every_layer) also computes the rows asked for."""
-    r = _reading
+    r = getattr(_local, "reading", None)
     if r is not None:
         r.calls += 1  # a pass calls attention once per layer, in order
         if r.every_layer or r.calls == r.layers:
@@ -109,15 +112,14 @@ def attention_rows(model, i, every_layer=False):
     """Run the one pass inside on KERNEL, and yield a list that then holds the last layer's attention
     rows at query positions i [B, R] (or [R]), [B, R, L] (softmax_rows); every layer's with every_layer.
     A model loaded with another kernel (eager, plain sdpa) is switched to KERNEL for the pass, then back."""
-    global _reading
     kernel, layers = model.config._attn_implementation, model.config.num_hidden_layers
     if kernel != KERNEL:
         model.set_attn_implementation(KERNEL)
-    _reading = r = SimpleNamespace(i=i, every_layer=every_layer, layers=layers, calls=0, rows=[])
+    _local.reading = r = SimpleNamespace(i=i, every_layer=every_layer, layers=layers, calls=0, rows=[])
     try:
         yield r.rows
     finally:
-        _reading = None
+        _local.reading = None
         if kernel != KERNEL:
             model.set_attn_implementation(kernel)
     if r.calls != layers:

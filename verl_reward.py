@@ -11,6 +11,7 @@ returns the scheme's credit r_1..r_n over the sample's n response tokens (reward
 assemble_rm_scores lays each row out from the first response token:
     rm_scores[b, t] = r_t for t < n_b,  0 on padding,   sum_t rm_scores[b, t] = s_b   (red: s_b - s_0).
 """
+import asyncio
 import os
 import sys
 
@@ -102,7 +103,9 @@ class ABCRewardManager(RewardManagerBase):
         mask = item.batch["attention_mask"]  # [P + R]: prompts left-padded (or right-padded by verl's v1 trainer)
         prompt = item.batch["prompts"][mask[:P].bool()]  # [P'] the prompt's tokens, under either padding
         response = item.batch["responses"][: int(mask[P:].sum())]  # [n] right-padded: the first n are real
-        r, s = self.credit(prompt, response)
+        # The RM's forward off the event loop, as verl's own naive manager runs its scoring, so that a
+        # worker's other samples are not held up behind it.
+        r, s = await asyncio.get_running_loop().run_in_executor(None, self.credit, prompt, response)
         return {"reward_score": r.tolist(), "reward_extra_info": {"rm_score": s}}
 
     @classmethod

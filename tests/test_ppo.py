@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -392,7 +393,16 @@ BAD_INPUTS = [
     # Prompts up to 4 tokens + completions up to 80 > the tiny models' 64 positions: fail before training.
     pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--gen_len", "70", "80"),
                  "--gen_len MAX 80 needs 84 positions, but the policy has 64", id="context-too-long"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--reward", "shapley", "--shapley_units", "0"),
+                 "--shapley_units, --shapley_perms", id="zero-shapley-units"),
 ]
+
+
+def test_every_bad_input_is_in_the_table():
+    table = open(os.path.join(ROOT, "docs", "options.md")).read()
+    table = table[table.index("## How a run stops"):]
+    missing = [p.values[1] for p in BAD_INPUTS if re.sub(r"\d", "N", p.values[1]) not in re.sub(r"\d", "N", table)]
+    assert not missing, missing
 
 
 @pytest.mark.parametrize("argv, text", BAD_INPUTS)

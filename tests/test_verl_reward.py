@@ -269,3 +269,22 @@ def test_red_needs_a_decoder(paths, encoder_dir):
         RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": "red"}), None)
     with pytest.raises(ValueError, match="shapley needs a decoder reward model that shares"):
         RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": "shapley"}), None)
+
+
+@needs_verl
+def test_the_rm_runs_off_the_event_loop(paths, shared, monkeypatch):
+    # run_single hands the RM's forward to an executor, so the loop's thread (here the test's) never runs it;
+    # test_rm_scores_are_the_schemes_credit shows the rows are the same as before.
+    import threading
+
+    threads, score = [], reward.score_completions  # verl loads verl_reward.py by path, but reward.py is this one
+
+    def recording(*a, **k):
+        threads.append(threading.get_ident())
+        return score(*a, **k)
+
+    monkeypatch.setattr(reward, "score_completions", recording)
+    tok, _ = shared
+    data = verl_batch(tok, token_pairs(tok))
+    compute_rm_score(verl_config(paths["policy"], paths["reward_model"]), data, monkeypatch)
+    assert len(threads) >= len(data) and threading.get_ident() not in threads  # every sample, none on the loop
