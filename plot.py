@@ -404,11 +404,13 @@ def plot_builds(outs, prefix, scheme="abc"):
     On the n seeds that every build of a setting ran, build b has paired differences d_bs (the per-seed
     mean reward over steps, scheme minus sparse). Per build: m_b = mean_s d_bs +- 2 sd_s(d_bs) / sqrt(n). Pooled over the B builds
     of a setting, each build weighted alike:
-        pooled = mean_b m_b  +- 2 sd_b(m_b) / sqrt(B)
+        pooled = mean_b m_b  +- 2 sqrt(max(Var_b(m_b), mean_b(s_b^2) / n) / B)
     Var(m_b) = sigma_build^2 + sigma_seed^2 / n holds both levels, the spread of the method's effect
-    between builds and the seed noise within one, so this s.e. counts both; with B = 4 it has 3
-    degrees of freedom. The table also splits it: sigma_seed^2 from the within-build variances pooled,
-    sigma_build^2 = max(0, Var(m_b) - mean_b(s_b^2) / n)."""
+    between builds and the seed noise within one (s_b^2: build b's variance over seeds). Var_b(m_b)
+    estimates it; where the build means happen to lie closer than their seed noise allows, the
+    seed noise alone, mean_b(s_b^2) / n, is the floor (sigma_build^2 estimated as 0, not negative).
+    With B = 4 builds the s.e. has about 3 degrees of freedom. The table also gives the split:
+    sigma_seed from the within-build variances pooled, sigma_build = sqrt(max(0, Var_b(m_b) - mean_b(s_b^2) / n))."""
     by_setting = {}
     for out in outs:
         runs = load_runs(out)  # one build per study (one_build)
@@ -436,7 +438,7 @@ def plot_builds(outs, prefix, scheme="abc"):
         m = np.array([d.mean() for d in builds.values()])
         within = np.mean([d.var(ddof=1) / len(d) for d in builds.values()])
         sd_build = math.sqrt(max(0.0, m.var(ddof=1) - within)) if len(m) > 1 else float("nan")
-        pooled[st] = (*mean_2se(m), len(m))
+        pooled[st] = (m.mean(), 2 * math.sqrt(max(m.var(ddof=1), within) / len(m)), len(m))
         ahead = sum(int((d > 0).sum()) for d in builds.values())
         lines.append(f"| {st} | **pooled over {len(m)} builds** | {sum(map(len, builds.values()))} | **"
                      + "{:+.2f} ± {:.2f}**".format(*pooled[st]) + f" ({ahead}/{sum(map(len, builds.values()))}); "
@@ -444,8 +446,8 @@ def plot_builds(outs, prefix, scheme="abc"):
                      f"σ_seed {math.sqrt(np.mean([d.var(ddof=1) for d in builds.values()])):.2f} |")
     lines += ["", f"Per build: the paired difference of the per-seed mean reward over all steps, {scheme} minus "
               "sparse on the same seed, mean ± 2 s.e. over seeds. Pooled: the mean of the builds' means, ± 2 s.e. "
-              "over builds (sd of the build means / √B), which counts the seed noise within a build and the "
-              "spread between builds. σ_build: the between-build sd of the effect, after taking out the seed "
+              "over builds: 2 √(max(variance of the build means, mean within-build variance of a build's mean) / B), "
+              "which counts the seed noise within a build and the spread between builds. σ_build: the between-build sd of the effect, after taking out the seed "
               "noise (0 where the builds differ no more than their seeds explain); σ_seed: the within-build sd "
               "of a seed's difference."]
     with open(prefix + ".md", "w") as fh:

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import abc_ppo  # noqa: E402
+import checkpoints  # noqa: E402
 import mini  # noqa: E402
 
 PHASES = ("time_generate", "time_score", "time_optimize")
@@ -58,16 +59,22 @@ if __name__ == "__main__":
     p.add_argument("--gen_len", nargs=2, default=["8", "16"], help="MIN MAX new tokens; prompts are 2-8, as bench_trl.py")
     p.add_argument("--device", default="cpu")
     p.add_argument("--schemes", nargs="+", default=["sparse", "abc"], help="the first is the baseline of the ratios")
+    p.add_argument("--check_cost", action="store_true",
+                   help="abc with and without the per-step finite check (checkpoints.check_finite), alternating")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more abc_ppo.py flags for every run")
     a = p.parse_args()
+    if a.check_cost:
+        a.schemes = ["abc", "abc-unchecked"]
     root = tempfile.mkdtemp()
     policy, rm, data = (a.policy, a.reward_model, a.dataset) if a.policy else gpt2_small(root, a.layers, a.width)
     times, rm_rows = {s: [] for s in a.schemes}, {s: [] for s in a.schemes}
+    check = checkpoints.check_finite
     for r in range(a.repeats):
         for scheme in times:
             out = os.path.join(root, f"{scheme}{r}")
+            checkpoints.check_finite = (lambda *x, **k: None) if scheme.endswith("-unchecked") else check
             abc_ppo.main(["--policy", policy, "--reward_model", rm, "--dataset", data or "stanfordnlp/imdb",
-                          "--min_chars", "0" if data else "200", "--reward", scheme, "--steps", str(a.steps),
+                          "--min_chars", "0" if data else "200", "--reward", scheme.removesuffix("-unchecked"), "--steps", str(a.steps),
                           "--mini_batch_size", str(a.mini_batch_size), "--prompt_len", "2", "8", "--gen_len", *a.gen_len,
                           "--device", a.device, "--out_dir", out,
                           "--seed", "0", "--save_every", "1000000", *a.extra])

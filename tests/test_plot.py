@@ -199,13 +199,13 @@ def test_builds_are_pooled_only_when_asked(tmp_path):
     with pytest.raises(SystemExit, match="2 different models"):  # a table never mixes builds unasked
         plot.main(dirs + ["--lengths", str(tmp_path / "length")])
     pooled = plot.main(dirs + ["--builds", str(tmp_path / "pooled")])
-    # pooled: build means 2, 1 -> 1.50 ± 2 * sd(2, 1) / sqrt(2) = 1.00; within-build var of a mean: 2/2, 2/2 = 1,
-    # Var(m_b) = 0.5 < 1, so sigma_build = 0; sigma_seed = sqrt(mean(2, 2))
-    assert pooled["8–15 free EOS"] == pytest.approx((1.5, 1.0, 2))
+    # pooled: build means 2, 1 -> 1.50; their variance 0.5 is below the seed noise of a build's mean, 2/2 and
+    # 2/2 -> 1, which is the floor: ± 2 * sqrt(1 / 2) = 1.41; sigma_build = 0; sigma_seed = sqrt(mean(2, 2))
+    assert pooled["8–15 free EOS"] == pytest.approx((1.5, 2 ** 0.5, 2))
     md = (tmp_path / "pooled.md").read_text()
     assert "| 8–15 free EOS | seed 4, aaaaaaaa/bbbbbbbb | 2 | +2.00 ± 2.00 (2/2) |" in md
     assert "| 8–15 free EOS | cccccccc/dddddddd | 2 | +1.00 ± 2.00 (1/2) |" in md
-    assert ("| 8–15 free EOS | **pooled over 2 builds** | 4 | **+1.50 ± 1.00** (3/4); builds ahead 2/2; "
+    assert ("| 8–15 free EOS | **pooled over 2 builds** | 4 | **+1.50 ± 1.41** (3/4); builds ahead 2/2; "
             "σ_build 0.00, σ_seed 1.41 |") in md
     assert (tmp_path / "pooled.png").read_bytes()[:8] == PNG
     with pytest.raises(SystemExit, match="two studies of setting 8–15 free EOS ran on build"):
