@@ -51,7 +51,7 @@ def parse_args(argv=None):
                    help=f"shapley: above {reward.EXACT_UNITS} units, K random orders, each with its reverse")
     p.add_argument("--preset", default="auto", choices=["auto", "paper", "mini"],
                    help="auto: paper if the hub answers or its models are cached, else mini")
-    p.add_argument("--mini_dir", default=mini.MINI_DIR, help="where the mini preset is built and cached")
+    p.add_argument("--mini_dir", default=mini.MINI_DIR, help="the mini build: the committed data/mini, or a cache")
     p.add_argument("--policy", default="lvwerra/gpt2-imdb", help="causal LM: hub name or local dir [preset]")
     p.add_argument("--reward_model", default="XanderJC/gpt2-rm-imdb", help="sequence classifier [preset]")
     p.add_argument("--dataset", default="stanfordnlp/imdb", help="hub name, dir, or .csv/.jsonl with 'text' [preset]")
