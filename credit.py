@@ -183,16 +183,16 @@ def explain(args, tok, policy, rm, rm_tok, device):
                                          args.shapley_units, args.shapley_perms, torch.Generator().manual_seed(args.seed))
         signals["shapley_values"] = (phi, v_empty)
     cols = {n: per_token_rewards(n, args.beta, **signals)[0].tolist() for n in names}
-    heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd") else n for n in names]
+    heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd", "shapley") else n for n in names]
     top = max(abs(v) for c in cols.values() for v in c)
     tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(f"prompt {tok.decode(ids[:k])!r}   RM score {s.item():+.3f}"
           + (f"   red: s_0 = {prefix_scores[0, 0].item():+.3f}" if prefix_scores is not None else ""))
-    print(f"{'token':16}" + "".join(f"{h:>12}" for h in heads))
+    print(f"{'token':16}" + "".join(f"{h:>14}" for h in heads))
     for t, tid in enumerate(ids[k:]):
-        cells = [colour(f"{cols[n][t]:+12.3f}", cols[n][t], top, tty) for n in names]
+        cells = [colour(f"{cols[n][t]:+14.3f}", cols[n][t], top, tty) for n in names]
         print(f"{repr(tok.decode([tid]))[:16]:16}" + "".join(cells))
-    print(f"{'sum':16}" + "".join(f"{sum(cols[n]):+12.3f}" for n in names))
+    print(f"{'sum':16}" + "".join(f"{sum(cols[n]):+14.3f}" for n in names))
 
 
 def write_samples(f, step, tok, exp, n):

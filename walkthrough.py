@@ -2,7 +2,7 @@
 # # Dense reward for free: a walkthrough of ABC on the mini preset
 #
 # One prompt through the whole method, with the project's own functions: the policy samples a
-# completion, the reward model scores it and says where it looked, five schemes turn that one score
+# completion, the reward model scores it and says where it looked, six schemes turn that one score
 # into per-token credit, GAE turns credit into advantages, and PPO updates on them, with the very
 # step code `abc_ppo.main` runs. Then a short sparse-against-abc run, and exercises.
 #
@@ -115,16 +115,21 @@ ax.set(title="RM last-layer attention (mean over heads); bottom row: from the sc
 show(fig, "attention.png")
 
 # %% [markdown]
-# ## 3. Five schemes' credit for the same completion
+# ## 3. Six schemes' credit for the same completion
 # `reward.per_token_rewards` holds the only lines where the schemes differ. sparse puts the whole
 # score on the last token, uniform spreads it evenly, abc spreads a share beta by the RM's attention,
 # red gives each token what it adds to the score (the sum is score - s_0), abcd uses the policy's
-# own attention.
+# own attention, and shapley each token's Shapley value, from the RM's score of every coalition of
+# the completion's tokens (the one scheme that costs more RM passes).
 
 # %%
 mask = comp_mask.float()
+phi, v_empty, coalitions = reward.shapley_values(rm, seq, prompt_mask, reward.read_mask(tok, seq, P, comp_mask,
+                                                                                      args.score_eos), score)
+print(f"shapley: {coalitions} coalitions scored by the RM, besides the one pass the other schemes need")
 signals = dict(score=score, mask=mask, attention=attention, prefix_scores=prefix_scores,
-               policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P))
+               policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P),
+               shapley_values=(phi, v_empty))
 credits = {n: reward.per_token_rewards(n, args.beta, **signals)[0] for n in reward.REWARDS}
 print(f"{'token':14}" + "".join(f"{n:>9}" for n in credits))
 for t, w in enumerate(words(ids[P:])):
