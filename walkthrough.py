@@ -23,6 +23,7 @@ import sys
 import matplotlib.pyplot as plt
 import torch
 import transformers
+from transformers import GenerationConfig
 
 import abc_ppo
 import credit
@@ -349,15 +350,18 @@ def logp_more_eos(seq, P):
 def kl_estimate(min_new_tokens):
     """Mean over rollouts of sum_t log pi(y_t) - log pi_ref(y_t), sampling from pi with EOS forbidden
     for the first min_new_tokens tokens."""
-    prompt_ids = seq[:, :P].repeat(256, 1)
+    prompt_ids, eos = seq[:, :P].repeat(256, 1), tok.eos_token_id
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # generate drops this all-ones mask, then warns that it is missing
-    policy.generation_config.min_new_tokens = min_new_tokens
-    policy.generation_config.sequence_bias = {(tok.eos_token_id,): 5.0}  # sample from pi, not pi_ref
-    out, comp_mask = abc_ppo.rollout(policy, tok, prompt_ids, torch.ones_like(prompt_ids),
-                                     torch.full((256,), 15))
-    policy.generation_config.min_new_tokens, policy.generation_config.sequence_bias = None, None
+    # Not abc_ppo.rollout, which samples from the policy itself and nothing else: here EOS + 5 (pi, not
+    # pi_ref) and, for the first min_new_tokens tokens, no EOS at all.
+    gen = GenerationConfig(do_sample=True, top_k=0, top_p=1.0, max_new_tokens=15, min_new_tokens=min_new_tokens,
+                           sequence_bias={(eos,): 5.0}, pad_token_id=eos, eos_token_id=eos)
+    out = policy.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids), generation_config=gen)
     transformers.logging.set_verbosity(verbosity)
+    is_eos = out[:, P:] == eos  # the completion runs to its first EOS, as rollout's comp_mask does
+    first = torch.where(is_eos.any(1), is_eos.float().argmax(1), is_eos.shape[1])
+    comp_mask = (torch.arange(is_eos.shape[1]) <= first[:, None]).long()
     with torch.no_grad():
         pi_ref = abc_ppo.forward(ref, None, out, torch.ones_like(out), P).logp
     return ((logp_more_eos(out, P) - pi_ref) * comp_mask).sum(1).mean().item()

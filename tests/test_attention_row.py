@@ -130,7 +130,7 @@ def test_a_model_on_another_kernel_is_read_and_given_back():
     seq, prompt_mask, comp_mask = batch()
     mask = torch.cat([prompt_mask, comp_mask], 1)
     torch.testing.assert_close(reward.score(eager, seq, mask)[1], reward.score(rm, seq, mask)[1], **TOL)
-    assert eager.config._attn_implementation == "eager" and reward._reading is None
+    assert eager.config._attn_implementation == "eager" and reward._local.reading is None
     last = reward.last_index(mask)[:, None]
     with reward.attention_rows(eager, last, every_layer=True) as rows:
         eager.base_model(input_ids=seq, attention_mask=mask, position_ids=reward.positions(mask))  # on SDPA now
