@@ -345,7 +345,10 @@ def shapley_values(rm, seq, prompt_mask, rm_mask, score, max_units=16, perms=8, 
             orders = torch.cat([orders, orders.flip(1)])  # [2K, n], each order beside its reverse
             place = orders.argsort(1)  # [2K, n]: where each unit comes in each order
             coalitions = (place[:, None, :] < torch.arange(n)[None, :, None]).flatten(0, 1).long()  # [2K*n, n]: the first j
-        coalitions, index = coalitions.unique(dim=0, return_inverse=True)  # each distinct coalition scored once
+        if n:  # each distinct coalition scored once (n = 0: an EOS-only completion the RM does not read)
+            coalitions, index = coalitions.unique(dim=0, return_inverse=True)
+        else:
+            index = torch.zeros(0, dtype=torch.long)
         comp = torch.zeros(len(coalitions), rm_mask.shape[1], dtype=prompt_mask.dtype)
         comp[:, tokens] = coalitions[:, u].to(comp)  # a unit's coalition membership -> its tokens
         keeps.append(torch.cat([prompt_mask[b].cpu().expand(len(comp), -1), comp], 1))

@@ -116,6 +116,16 @@ def test_a_final_eos_the_rm_does_not_read_gets_no_shapley_value():
     torch.testing.assert_close(credit, torch.tensor([[1.0, 3.0, -1.0]]))
 
 
+def test_a_completion_the_rm_reads_none_of_gets_the_score_on_its_last_token():
+    # An EOS-only completion at score_eos 0: no unit to value, no coalition to score; v(empty) = the score.
+    seq, pm = torch.tensor([[3, 1, 2, 0], [3, 3, 0, 0]]), torch.ones(2, 2, dtype=torch.long)
+    rm_mask = torch.tensor([[1, 1], [0, 0]])
+    s = reward.kept_scores(BagOfWords(W), seq, torch.cat([pm, rm_mask], 1))
+    phi, v0, n = reward.shapley_values(BagOfWords(W), seq, pm, rm_mask, s)
+    torch.testing.assert_close(phi, torch.tensor([[-2.0, 0.0], [0.0, 0.0]]))  # row 0 reads tokens 2 and 0
+    assert v0[1] == s[1] and n == 3  # row 0's 2^2 - 1 coalitions only
+
+
 def test_shapley_trains_and_logs_its_rm_rows(tiny, tmp_path):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", "shapley", "--beta", "0.8", "--steps", "2"))
     rows = read_metrics(tmp_path)
