@@ -197,8 +197,9 @@ def check_logits(name, policy):
     own forward transforms its logits after that (Gemma-2's final soft-capping, Cohere's logit_scale)
     would be trained as another pi than it samples: refuse it, tried on four tokens."""
     ids = torch.arange(4, device=policy.device)[None] % policy.config.vocab_size
-    own = policy(input_ids=ids).logits.float()
-    ours = policy.get_output_embeddings()(policy.base_model(input_ids=ids).last_hidden_state).float()
+    mask = torch.ones_like(ids)  # token 0 is often the pad token: say that it is not padding here
+    own = policy(input_ids=ids, attention_mask=mask).logits.float()
+    ours = policy.get_output_embeddings()(policy.base_model(input_ids=ids, attention_mask=mask).last_hidden_state).float()
     if not torch.allclose(own, ours, rtol=1e-4, atol=1e-4):
         fail(f"--policy '{name}' transforms its logits after the output embedding (e.g. soft-capping or a logit "
              f"scale), which abc_ppo.forward does not reproduce: it would train another distribution than it samples")
