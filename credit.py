@@ -292,7 +292,9 @@ def mechanism_report(runs, steps):
         rm = load("reward model", AutoModelForSequenceClassification, flags["reward_model"],
                   attn_implementation=KERNEL, dtype=torch.float32).eval()
         eos = load_tokenizer(flags["policy"]).eos_token_id
-        name = f"{flags['reward']}" + (f" (β {flags['beta']:g})" if flags["reward"] in ("abc", "abcd") else "")
+        name = (flags["reward"] + (f" (β {flags['beta']:g})" if flags["reward"] in ("abc", "abcd", "shapley") else "")
+                + (f", λ {flags['lam']:g}" if flags.get("lam", 0.95) != 0.95 else "")
+                + (", forced" if flags.get("min_new_tokens") else ""))
         for step, r in mechanism(rm, eos, flags["score_eos"], samples, steps).items():
             lines.append(f"| {flags['gen_len'][0]}–{flags['gen_len'][1]} | {name}, seed {flags['seed']} | {step} "
                          f"| {r['samples']} | {r['adv'][0]:+.2f} ± {r['adv'][1]:.2f} | {r['top1']:.2f} "

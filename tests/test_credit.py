@@ -21,6 +21,17 @@ def test_mechanism_by_hand():
     assert (r["adv"][0], r["signed"][0], r["credit"][0]) == pytest.approx((1.0, 1.0, -1.0))
 
 
+def test_mechanism_report_names_each_run(tiny, tmp_path, capsys):
+    # One table row per run and step, each run named by what sets it apart: its scheme and beta,
+    # a lambda other than the default, and forced lengths.
+    abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", "shapley", "--beta", "0.8", "--lam", "0.5", "--min_new_tokens",
+                           "--gen_len", "4", "6", "--steps", "2", "--log_samples", "3"))
+    capsys.readouterr()
+    credit.mechanism_report([str(tmp_path)], [0, 1])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4–6 ")]
+    assert [r.split(" | ")[1:4] for r in rows] == [["shapley (β 0.8), λ 0.5, forced, seed 0", str(s), "3"] for s in (0, 1)]
+
+
 def test_occlusion_by_hand():
     w = torch.tensor([0.0, 1.0, -3.0, 0.5, 2.0])
     ids = torch.tensor([[1, 2, 3, 4, 0], [4, 4, 1, 0, 0]])  # right-padded with token 0
