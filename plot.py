@@ -4,9 +4,11 @@
     python plot.py assets/length-* assets/forced-* --lengths assets/length    # the length figure
     python plot.py assets/beta-8-15/* assets/length-8-15 --beta assets/beta   # the beta figure
     python plot.py assets/builds/seed*/*/ --builds assets/builds/pooled        # pooled over builds
+    python plot.py assets/builds/seed0/{,lam-*/}8-15 --horizon assets/builds/seed0/horizon  # against GAE's λ
 
 Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT; with --lengths or --beta, one
-figure and table across the OUT studies instead. Runs of different builds of the models (config.json's
+figure and table across the OUT studies instead
+(--horizon: across GAE's λ). Runs of different builds of the models (config.json's
 fingerprints) are never mixed, except with --builds, which pools over builds and says so. A run's scheme, beta, lengths and protocol come
 from the config.json that abc_ppo.py writes beside its metrics, where there is one.
 """
@@ -303,14 +305,14 @@ def plot_lengths(outs, prefix, order=None):
     one_build([r for out in outs for seeds in load_runs(out).values() for r in seeds], " ".join(outs))
     studies.sort(key=lambda x: (x[2] != "free EOS", x[0]))
     lines = ["| tokens | EOS | scheme | seeds | mean reward ± 2 s.e. | minus sparse ± 2 s.e. (seeds ahead) "
-             "| reward at the last step | first step > best sparse | completion tokens | seeds with KL < 0 | lowest KL |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| reward at the last step | first step > best sparse | completion tokens | seeds with KL < 0 | lowest KL "
+             "| s/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, rng, eos, rows in studies:
         for r in rows:
             vs = "-" if r["vs_sparse"] is None else "{:+.2f} ± {:.2f} ({}/{})".format(*r["vs_sparse"])
             lines.append(f"| {rng} | {eos} | {r['label']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f} "
                          f"| {vs} | {r['last'][0]:.2f} ± {r['last'][1]:.2f} | {r['first_best']} | {r['completion_len']:.1f} "
-                         f"| {r['kl_neg']} | {r['lowest_kl']:.2f} |")
+                         f"| {r['kl_neg']} | {r['lowest_kl']:.2f} | {r['sec_per_step']:.2f} |")
     with open(prefix + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n\nColumns as in each study's results.md; mean reward over all steps of each "
                  "seed, then over seeds.\n")
@@ -470,6 +472,72 @@ def plot_builds(outs, prefix, scheme="abc"):
     return pooled
 
 
+REFERENCE_LAM = 0.95  # abc_ppo.py's default --lam, the one every other study ran
+
+
+def plot_horizon(outs, prefix, scheme="abc"):
+    """PREFIX.md and PREFIX.png: scheme - sparse against GAE's lambda, per setting (lengths, protocol).
+    On the n seeds that every lambda of a setting ran, d_i(lam) = the per-seed mean reward over steps,
+    scheme minus sparse on seed i: per lambda mean_i d_i +- 2 s.e.; the move from the reference lambda,
+    paired by seed, mean_i (d_i(lam) - d_i(0.95)) +- 2 s.e.; and each scheme's completion length at the
+    last step, mean +- 2 s.e. over seeds (where a policy has learnt to stop, with EOS free)."""
+    by_setting = {}
+    for out in outs:
+        runs = load_runs(out)
+        if scheme not in runs or "sparse" not in runs:
+            raise SystemExit(f"plot.py: --horizon needs {scheme} and sparse runs in {out}")
+        lam = float(study_flags(out).get("lam", REFERENCE_LAM))
+        if lam in by_setting.setdefault(setting(out), {}):
+            raise SystemExit(f"plot.py: two studies of setting {setting(out)} ran at λ {lam:g}")
+        by_setting[setting(out)][lam] = runs
+    one_build([r for lams in by_setting.values() for runs in lams.values() for seeds in runs.values() for r in seeds],
+              " ".join(outs))
+    lines = [f"| setting | λ | seeds | sparse | {scheme} | {scheme} − sparse ± 2 s.e. (seeds ahead) "
+             f"| move from λ {REFERENCE_LAM:g}, paired ± 2 s.e. | completion tokens at the last step, sparse / {scheme} |",
+             "|---|---|---|---|---|---|---|---|"]
+    points = {}
+    for st, lams in by_setting.items():
+        common = sorted(set.intersection(*({r["seed"] for r in runs[k]} for runs in lams.values() for k in (scheme, "sparse"))))
+        if len(common) < 2:
+            raise SystemExit(f"plot.py: --horizon needs at least 2 seeds that every λ of {st} ran")
+        mean, length = {}, {}  # (lam, scheme) -> array over the common seeds
+        for lam, runs in lams.items():
+            for k in (scheme, "sparse"):
+                by_seed = {r["seed"]: r for r in runs[k]}
+                mean[lam, k] = np.array([by_seed[i]["reward_mean"].mean() for i in common])
+                length[lam, k] = np.array([by_seed[i]["completion_len"][-1] for i in common])
+        d = {lam: mean[lam, scheme] - mean[lam, "sparse"] for lam in lams}
+        for lam in sorted(lams):
+            move = "{:+.2f} ± {:.2f}".format(*mean_2se(d[lam] - d[REFERENCE_LAM])) \
+                if lam != REFERENCE_LAM and REFERENCE_LAM in d else "-"
+            n = {k: mean_2se(length[lam, k]) for k in (scheme, "sparse")}
+            points.setdefault(st, []).append((lam, *mean_2se(d[lam]), n))
+            lines.append(f"| {st} | {lam:g} | {len(common)} | {mean[lam, 'sparse'].mean():.2f} | {mean[lam, scheme].mean():.2f} "
+                         "| {:+.2f} ± {:.2f}".format(*mean_2se(d[lam])) + f" ({int((d[lam] > 0).sum())}/{len(common)}) "
+                         f"| {move} | {n['sparse'][0]:.1f} ± {n['sparse'][1]:.1f} / {n[scheme][0]:.1f} ± {n[scheme][1]:.1f} |")
+    lines += ["", f"Per seed, the mean reward over all steps; sparse, {scheme}: their mean over seeds; {scheme} − sparse: "
+              "paired by seed, mean ± 2 s.e. over the seeds every λ of the setting ran; the move: that difference "
+              f"minus the same seed's difference at λ {REFERENCE_LAM:g}, mean ± 2 s.e.; completion tokens actually "
+              "sampled at the last step, mean ± 2 s.e. over seeds."]
+    with open(prefix + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for c, (st, pts) in enumerate(points.items()):
+        lam = [p[0] for p in pts]
+        a.errorbar(lam, [p[1] for p in pts], [p[2] for p in pts], marker="o", capsize=3, color=f"C{c}", label=st)
+        if "free" in st:
+            for k, ls in (("sparse", "--"), (scheme, "-")):
+                b.errorbar(lam, [p[3][k][0] for p in pts], [p[3][k][1] for p in pts], marker="o", capsize=3, ls=ls,
+                           color=f"C{c}", label=f"{k}, {st}")
+    a.axhline(0, color="k", lw=1)
+    a.set(xlabel="GAE λ", ylabel=f"{scheme} − sparse, mean reward over steps ± 2 s.e.", title=f"{scheme} − sparse against λ")
+    b.set(xlabel="GAE λ", ylabel="completion tokens at the last step ± 2 s.e.", title="Where the policy stops (EOS free)")
+    for ax in (a, b):
+        ax.legend(fontsize=8), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(prefix + ".png", dpi=120), plt.close(fig)
+    return points
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", nargs="+", help="directories holding <reward>/seed<k>/metrics.jsonl")
@@ -479,9 +547,12 @@ def main(argv=None):
     g.add_argument("--beta", metavar="PREFIX", help="across the OUT studies: PREFIX.png and PREFIX.md by abc's beta")
     g.add_argument("--builds", metavar="PREFIX",
                    help="pool over builds, explicitly: abc - sparse per build and setting, and pooled (PREFIX.png, .md)")
+    g.add_argument("--horizon", metavar="PREFIX", help="across the OUT studies: abc - sparse against GAE's λ (PREFIX.png, .md)")
     args = p.parse_args(argv)
     if args.builds:
         return plot_builds(args.out, args.builds)
+    if args.horizon:
+        return plot_horizon(args.out, args.horizon)
     if args.lengths:
         return plot_lengths(args.out, args.lengths, args.order)
     if args.beta:

@@ -164,6 +164,7 @@ def test_lengths(tmp_path):
     # abc - sparse per seed: 5 - 2, 5 - 4 -> 2 ± 2 * sqrt(2) / sqrt(2)
     assert "| 8–15 | free EOS | abc (β 0.8) | 2 | 5.00 ± 0.00 | +2.00 ± 2.00 (2/2) |" in md
     assert "| 90–110 | forced | sparse | 2 | 3.00 ± 2.00 | - |" in md
+    assert all(row.endswith("| 2.00 |") for row in md.splitlines()[2:6])  # s/step: 1 + 0.5 + 0.5 in every run
     assert (tmp_path / "length.png").read_bytes()[:8] == PNG
 
 
@@ -210,3 +211,29 @@ def test_builds_are_pooled_only_when_asked(tmp_path):
     assert (tmp_path / "pooled.png").read_bytes()[:8] == PNG
     with pytest.raises(SystemExit, match="two studies of setting 8–15 free EOS ran on build"):
         plot.main(dirs + [dirs[0], "--builds", str(tmp_path / "pooled")])
+
+
+def test_horizon(tmp_path):
+    def lam_study(name, lam, sparse, abc, last_len):
+        """Constant per-seed rewards; the completion length at the last step, per scheme and seed, as given."""
+        for scheme, means in (("sparse", sparse), ("abc", abc)):
+            for seed, m in enumerate(means):
+                rows = [json.loads(line(t, m)) | dict(completion_len=last_len[scheme][seed] if t == 2 else 50.0)
+                        for t in range(3)]
+                write(tmp_path / name, scheme, seed, map(json.dumps, rows), reward=scheme, beta=0.8, gen_len=[90, 110],
+                      min_new_tokens=False, **({} if lam is None else dict(lam=lam)))
+        return str(tmp_path / name)
+
+    same = dict(sparse=[10, 10], abc=[20, 30])
+    # lambda 0.95 (no --lam in config.json: the default): d = 5-2, 5-4 = 3, 1 -> +2.00 ± 2.00
+    # lambda 0.5: d = 5-1, 3-1 = 4, 2 -> +3.00 ± 2.00; the move from 0.95, paired: 1, 1 -> +1.00 ± 0.00
+    # sparse's last lengths at 0.5: 4, 6 -> 5.0 ± 2 * sqrt(2) / sqrt(2)
+    dirs = [lam_study("a", None, [2, 4], [5, 5], same), lam_study("b", 0.5, [1, 1], [5, 3], dict(sparse=[4, 6], abc=[20, 30]))]
+    points = plot.main(dirs + ["--horizon", str(tmp_path / "horizon")])
+    assert [p[:3] for p in points["90–110 free EOS"]] == [(0.5, 3.0, 2.0), (0.95, 2.0, 2.0)]
+    md = (tmp_path / "horizon.md").read_text()
+    assert "| 90–110 free EOS | 0.5 | 2 | 1.00 | 4.00 | +3.00 ± 2.00 (2/2) | +1.00 ± 0.00 | 5.0 ± 2.0 / 25.0 ± 10.0 |" in md
+    assert "| 90–110 free EOS | 0.95 | 2 | 3.00 | 5.00 | +2.00 ± 2.00 (2/2) | - | 10.0 ± 0.0 / 25.0 ± 10.0 |" in md
+    assert (tmp_path / "horizon.png").read_bytes()[:8] == PNG
+    with pytest.raises(SystemExit, match="two studies of setting 90–110 free EOS ran at λ 0.5"):
+        plot.main(dirs + [dirs[1], "--horizon", str(tmp_path / "horizon")])
