@@ -128,7 +128,7 @@ def summarise(runs, order=None, upto=100):
     early = mean_i m_i  +- 2 * std_i(m_i, ddof=1) / sqrt(n),  m_i = mean of r_i(t) over steps t <= upto (0 if n = 1)
     vs_sparse = mean_i d_i +- 2 * std_i(d_i, ddof=1) / sqrt(n'),  d_i = m_i - m_i(sparse), over the n' seeds both
                 ran (paired by seed, so a seed's shared prompts cancel); wins = #{i : d_i > 0}
-    last = mean_i r_i(T) +- 2 s.e., T the last step;   lowest_kl = min_{i, t > 0} kl_i(t) (step 0's is 0)
+    last = mean_i r_i(T) +- 2 s.e., T the last step, and last_kl likewise of kl_i(T);   lowest_kl = min_{i, t > 0} kl_i(t) (step 0's is 0)
     completion_len = mean_{i,t} completion_len_i(t), the completion tokens actually sampled
     first_best = min{t : rbar(t) > max_{t' <= upto} rbar_sparse(t')}, as the paper reads its Figure 3
                  ("never" if none, None if there is no sparse scheme)
@@ -156,6 +156,7 @@ def summarise(runs, order=None, upto=100):
             early_mean=early.mean(), early_2se=mean_2se(early)[1],
             vs_sparse=(*mean_2se(d), int((d > 0).sum()), len(d)) if len(d) else None,
             last=mean_2se(np.array([r["reward_mean"][-1] for r in seeds])), last_step=int(steps[-1]),
+            last_kl=mean_2se(np.array([r["kl"][-1] for r in seeds])),
             lowest_kl=min(lowest_kl(r) for r in seeds),
             first_best=None if hit is None else (int(steps[hit[0]]) if len(hit) else "never"),
             kl_neg=sum(int((r["kl"] < 0).any()) for r in seeds),
@@ -306,13 +307,13 @@ def plot_lengths(outs, prefix, order=None):
     studies.sort(key=lambda x: (x[2] != "free EOS", x[0]))
     lines = ["| tokens | EOS | scheme | seeds | mean reward ± 2 s.e. | minus sparse ± 2 s.e. (seeds ahead) "
              "| reward at the last step | first step > best sparse | completion tokens | seeds with KL < 0 | lowest KL "
-             "| s/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| KL at the last step | s/step |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, rng, eos, rows in studies:
         for r in rows:
             vs = "-" if r["vs_sparse"] is None else "{:+.2f} ± {:.2f} ({}/{})".format(*r["vs_sparse"])
             lines.append(f"| {rng} | {eos} | {r['label']} | {r['seeds']} | {r['early_mean']:.2f} ± {r['early_2se']:.2f} "
                          f"| {vs} | {r['last'][0]:.2f} ± {r['last'][1]:.2f} | {r['first_best']} | {r['completion_len']:.1f} "
-                         f"| {r['kl_neg']} | {r['lowest_kl']:.2f} | {r['sec_per_step']:.2f} |")
+                         f"| {r['kl_neg']} | {r['lowest_kl']:.2f} | {r['last_kl'][0]:.1f} ± {r['last_kl'][1]:.1f} | {r['sec_per_step']:.2f} |")
     with open(prefix + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n\nColumns as in each study's results.md; mean reward over all steps of each "
                  "seed, then over seeds.\n")

@@ -164,7 +164,8 @@ def test_lengths(tmp_path):
     # abc - sparse per seed: 5 - 2, 5 - 4 -> 2 ± 2 * sqrt(2) / sqrt(2)
     assert "| 8–15 | free EOS | abc (β 0.8) | 2 | 5.00 ± 0.00 | +2.00 ± 2.00 (2/2) |" in md
     assert "| 90–110 | forced | sparse | 2 | 3.00 ± 2.00 | - |" in md
-    assert all(row.endswith("| 2.00 |") for row in md.splitlines()[2:6])  # s/step: 1 + 0.5 + 0.5 in every run
+    # KL at the last step 0.1 in every run, ± 0; s/step 1 + 0.5 + 0.5
+    assert all(row.endswith("| 0.1 ± 0.0 | 2.00 |") for row in md.splitlines()[2:6])
     assert (tmp_path / "length.png").read_bytes()[:8] == PNG
 
 
