@@ -526,7 +526,7 @@ def plot_horizon(outs, prefix, scheme="abc"):
     for c, (st, pts) in enumerate(points.items()):
         lam = [p[0] for p in pts]
         a.errorbar(lam, [p[1] for p in pts], [p[2] for p in pts], marker="o", capsize=3, color=f"C{c}", label=st)
-        if "free" in st:
+        if st.endswith("free EOS"):  # forced lengths say nothing about where a policy stops
             for k, ls in (("sparse", "--"), (scheme, "-")):
                 b.errorbar(lam, [p[3][k][0] for p in pts], [p[3][k][1] for p in pts], marker="o", capsize=3, ls=ls,
                            color=f"C{c}", label=f"{k}, {st}")
