@@ -12,7 +12,7 @@ rerun() {  # rerun <study folder under $A> <reward> <flags...>
     [ -e "$R/$study/$reward/done" ] && return 0
     OMP_NUM_THREADS=1 python abc_ppo.py --preset mini --mini_dir data/mini --reward "$reward" --beta 0.8 --seed 0 \
         --log_samples 16 --out_dir "$R/$study/$reward" "$@" > /dev/null 2>&1
-    python - "$A/$study/$reward/seed0/metrics.jsonl" "$R/$study/$reward/metrics.jsonl" <<'PY'
+    python - "$A/$study/$reward/seed0/metrics.jsonl" "$R/$study/$reward/metrics.jsonl" <<'PY' || return 1
 import json, sys
 a, b = ([{k: v for k, v in json.loads(l).items() if not k.startswith("time_")} for l in open(p)] for p in sys.argv[1:])
 sys.exit(0 if a == b else f"mechanism.sh: {sys.argv[2]} differs from the study's run {sys.argv[1]}")
