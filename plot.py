@@ -6,9 +6,8 @@
     python plot.py assets/builds/seed*/*/ --builds assets/builds/pooled        # pooled over builds
     python plot.py assets/builds/seed0/{,lam-*/}8-15 --horizon assets/builds/seed0/horizon  # against GAE's λ
 
-Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT; with --lengths or --beta, one
-figure and table across the OUT studies instead
-(--horizon: across GAE's λ). Runs of different builds of the models (config.json's
+Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT; with --lengths, --beta or --horizon
+(by GAE's λ), one figure and table across the OUT studies instead. Runs of different builds of the models (config.json's
 fingerprints) are never mixed, except with --builds, which pools over builds and says so. A run's scheme, beta, lengths and protocol come
 from the config.json that abc_ppo.py writes beside its metrics, where there is one.
 """
@@ -511,11 +510,11 @@ def plot_horizon(outs, prefix, scheme="abc"):
         for lam in sorted(lams):
             move = "{:+.2f} ± {:.2f}".format(*mean_2se(d[lam] - d[REFERENCE_LAM])) \
                 if lam != REFERENCE_LAM and REFERENCE_LAM in d else "-"
-            n = {k: mean_2se(length[lam, k]) for k in (scheme, "sparse")}
-            points.setdefault(st, []).append((lam, *mean_2se(d[lam]), n))
+            stop = {k: mean_2se(length[lam, k]) for k in (scheme, "sparse")}
+            points.setdefault(st, []).append((lam, *mean_2se(d[lam]), stop))
             lines.append(f"| {st} | {lam:g} | {len(common)} | {mean[lam, 'sparse'].mean():.2f} | {mean[lam, scheme].mean():.2f} "
                          "| {:+.2f} ± {:.2f}".format(*mean_2se(d[lam])) + f" ({int((d[lam] > 0).sum())}/{len(common)}) "
-                         f"| {move} | {n['sparse'][0]:.1f} ± {n['sparse'][1]:.1f} / {n[scheme][0]:.1f} ± {n[scheme][1]:.1f} |")
+                         f"| {move} | {stop['sparse'][0]:.1f} ± {stop['sparse'][1]:.1f} / {stop[scheme][0]:.1f} ± {stop[scheme][1]:.1f} |")
     lines += ["", f"Per seed, the mean reward over all steps; sparse, {scheme}: their mean over seeds; {scheme} − sparse: "
               "paired by seed, mean ± 2 s.e. over the seeds every λ of the setting ran; the move: that difference "
               f"minus the same seed's difference at λ {REFERENCE_LAM:g}, mean ± 2 s.e.; completion tokens actually "
