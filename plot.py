@@ -255,7 +255,8 @@ def plot_reward(runs, path, order=None, w=5):
                 band(b, runs[scheme][0]["step"], smooth(np.array(pairs), w), f"C{c % 10}",
                      f"{label(scheme, runs[scheme])} − sparse (n={len(pairs)})")
         b.axhline(0, color="k", lw=1)
-        b.legend()
+        if b.get_legend_handles_labels()[0]:  # a study of sparse alone has no difference to draw
+            b.legend()
     b.set(xlabel="PPO step", ylabel="reward difference", title="Minus sparse, paired by seed ± 2 s.e.")
     b.grid(alpha=0.3)
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
