@@ -18,7 +18,6 @@ forward pass, and the schemes that turn them into per-token rewards. Plumbing li
 import argparse
 import contextlib
 import json
-import os
 import random
 import time
 from typing import NamedTuple
@@ -135,14 +134,9 @@ def load_models(args, device):
     ref = presets.load("policy", AutoModelForCausalLM, args.policy, **kw).to(device).eval().requires_grad_(False)
     rm = presets.load("reward model", AutoModelForSequenceClassification, args.reward_model,
                       **kw).to(device).eval().requires_grad_(False)
-    if args.reward == "red" and not reward.is_decoder(rm):
-        fail("--reward red needs a decoder reward model, which scores every prefix; this one is an encoder")
     if rm_tok.get_vocab() == tok.get_vocab() and reward.is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
-    if args.reward == "shapley" and rm_tok is not None:
-        fail("--reward shapley needs a decoder reward model that shares the policy's tokenizer: it deletes "
-             "the policy's tokens from the RM's input")
-    presets.check_models(args, policy, rm, rm_tok)  # labels, positions, and logits that forward() reproduces
+    presets.check_models(args, policy, rm, rm_tok)  # what red and shapley need, labels, positions, logits
     return Models(tok, policy, ref, rm, rm_tok)
 
 
@@ -393,22 +387,12 @@ def main(argv=None):
             mini.ensure(args.mini_dir)
         except (OSError, ValueError) as e:
             fail(f"the mini preset in {args.mini_dir} is not usable: {e}")
-    if args.explain or args.faithfulness:
-        tok, policy, _, rm, rm_tok = load_models(args, device)
-        if args.explain:
-            return credit.explain(args, tok, policy, rm, rm_tok, device)
-        texts = presets.load_texts(args.dataset, args.min_chars)
-        return credit.faithfulness_report(args, texts, tok, policy, rm, rm_tok)
+    if args.explain or args.faithfulness:  # the credit views: print, then exit
+        return credit.report(args, load_models(args, device), device)
 
-    # Fail on an unwritable output folder, or a resumed run with other flags, before minutes of loading.
-    try:
-        os.makedirs(args.out_dir, exist_ok=True)
-        checkpoints.write_config(args)  # config.json: every flag, versions, git commit, model fingerprints
-        mode = "a" if args.resume else "w"
-        metrics_file = open(os.path.join(args.out_dir, "metrics.jsonl"), mode)
-        samples_file = open(os.path.join(args.out_dir, "samples.jsonl"), mode) if args.log_samples else None
-    except OSError as e:
-        fail(f"cannot write to --out_dir '{args.out_dir}': {e.strerror}")
+    # config.json (every flag, versions, git commit, model fingerprints) and the logs, before minutes of
+    # loading, so that an unwritable output folder or a resumed run with other flags fails at once.
+    metrics_file, samples_file = checkpoints.open_logs(args)
 
     # Seeding: a CPU run with the same seed repeats exactly.
     random.seed(args.seed)

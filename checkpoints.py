@@ -29,6 +29,21 @@ from presets import fail, first_line
 PLACE = {"steps", "out_dir", "resume", "save_every", "log_samples", "device", "mini_dir"}
 
 
+def open_logs(args):
+    """Make --out_dir, write config.json (write_config), and open metrics.jsonl and, with --log_samples,
+    samples.jsonl: appending on --resume, else anew. An unwritable folder stops in one line.
+    Returns (metrics_file, samples_file or None)."""
+    try:
+        os.makedirs(args.out_dir, exist_ok=True)
+        write_config(args)
+        mode = "a" if args.resume else "w"
+        metrics_file = open(os.path.join(args.out_dir, "metrics.jsonl"), mode)
+        samples_file = open(os.path.join(args.out_dir, "samples.jsonl"), mode) if args.log_samples else None
+    except OSError as e:
+        fail(f"cannot write to --out_dir '{args.out_dir}': {e.strerror}")
+    return metrics_file, samples_file
+
+
 def write_config(args):
     """Write <out_dir>/config.json. With --resume, first compare the flags and the models with the run's
     own config.json and stop, with one line, at one that changes the experiment."""

@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from presets import fail
+from presets import fail, load_texts
 from reward import (KERNEL, REWARDS, abcd, attention_row, attention_rows, completion_attention, is_decoder,
                     kept_scores, last_index, logit_score, per_token_rewards, positions, read_mask, red,
                     score_completions, shapley_values)
@@ -164,6 +164,13 @@ def colour(text, value, top, enabled):
 
 
 @torch.no_grad()
+def report(args, m, device):
+    """--explain TEXT or --faithfulness N on the run's models m (abc_ppo.Models)."""
+    if args.explain:
+        return explain(args, m.tok, m.policy, m.rm, m.rm_tok, device)
+    return faithfulness_report(args, load_texts(args.dataset, args.min_chars), m.tok, m.policy, m.rm, m.rm_tok)
+
+
 def explain(args, tok, policy, rm, rm_tok, device):
     """Print the reward each scheme gives each completion token of --explain TEXT, where the
     first --prompt_len tokens are the prompt. No KL term: this is the RM's credit alone."""

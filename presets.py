@@ -210,7 +210,16 @@ def check_models(args, policy, rm, rm_tok):
     longest completion, prompt_len MAX + gen_len MAX tokens, must fit the policy's and the RM's
     position embeddings; past them GPT-2 fails mid-run with an IndexError. An RM with its own
     tokenizer re-tokenises the text into a count we cannot know before sampling; we check the
-    same count plus its special tokens. --faithfulness reads the same lengths; --explain does not."""
+    same count plus its special tokens. --faithfulness reads the same lengths; --explain does not.
+    Also what two schemes need: red an RM that scores every prefix (a decoder), shapley one that
+    reads the policy's tokens (rm_tok None), since it deletes them from the RM's input."""
+    from reward import is_decoder
+
+    if args.reward == "red" and not is_decoder(rm):
+        fail("--reward red needs a decoder reward model, which scores every prefix; this one is an encoder")
+    if args.reward == "shapley" and rm_tok is not None:
+        fail("--reward shapley needs a decoder reward model that shares the policy's tokenizer: it deletes "
+             "the policy's tokens from the RM's input")
     if rm.config.num_labels > 2:
         fail(f"--reward_model '{args.reward_model}' has {rm.config.num_labels} labels; 1 or 2 are supported")
     check_logits(args.policy, policy)
