@@ -8,16 +8,20 @@ attention a_t from the scoring position over the completion tokens:
     r_t = beta * score * a_t + (1 - beta) * score * [t = last] - kl_coef * (log p(y_t) - log p_ref(y_t))
 
 Read top to bottom: arguments, data, models and value head, rollout, policy forward, GAE, PPO loss,
-one PPO step, training loop. reward.py is the reward side: the RM's score and attention from one
-forward pass, and the schemes that turn them into per-token rewards. Plumbing lives in presets.py
-(presets, flag checks, loading), retokenize.py (an RM with its own tokenizer), checkpoints.py
-(config.json, save, resume) and credit.py (--explain, samples, credit.html, --faithfulness).
+one PPO step, training loop. reward.py is the reward side: the schemes, the one call that picks one,
+and the RM's forward pass. What a first reading may skip lives in plumbing/ (presets and flag checks,
+checkpoints, the attention-row kernel, the estimators, CPU speed settings, the credit views); the lines
+here that call it are marked "scaffolding".
+
+Left out, as in the paper's setup (TRL 0.7.4's PPOTrainer with its IMDb defaults), so that the runs
+compare with the paper's: no gradient clipping (its max_grad_norm was None), no entropy bonus (the
+KL penalty against the reference is what keeps the policy from collapsing), and no learning-rate
+schedule (a constant Adam learning rate).
 
     python abc_ppo.py --reward abc --beta 0.5
 """
 import argparse
 import contextlib
-import json
 import random
 import time
 from typing import NamedTuple
@@ -27,13 +31,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-import checkpoints
-import credit
-import mini
-import presets
 import reward
-import speed
-from presets import fail
+from plumbing import checkpoints, credit, estimators, mini, presets, speed
+from plumbing.attention import KERNEL, attention_rows, completion_attention
+from plumbing.models import is_decoder, positions
 
 
 # 1. Arguments ------------------------------------------------------------------------------------
@@ -42,69 +43,75 @@ def parse_args(argv=None):
     the hub is unreachable) swaps those marked [preset] for presets.MINI's; a flag given always wins."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=presets.EPILOG,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--reward", default="abc", choices=list(reward.REWARDS), help="the credit scheme (reward.py)")
-    p.add_argument("--beta", type=float, default=0.5, help="abc, abcd, shapley: share of the score spread as credit")
-    p.add_argument("--shapley_units", type=int, default=16, metavar="M",
-                   help="shapley: players per completion, its tokens up to M, else M contiguous spans")
-    p.add_argument("--shapley_perms", type=int, default=8, metavar="K",
-                   help=f"shapley: above {reward.EXACT_UNITS} units, K random orders, each with its reverse")
-    p.add_argument("--preset", default="auto", choices=["auto", "paper", "mini"],
+    g = p.add_argument_group("what to train: models, prompts, completions")
+    g.add_argument("--preset", default="auto", choices=["auto", "paper", "mini"],
                    help="auto: paper if the hub answers or its models are cached, else mini")
-    p.add_argument("--mini_dir", default=mini.MINI_DIR, help="the mini build: the committed data/mini, or a cache")
-    p.add_argument("--policy", default="lvwerra/gpt2-imdb", help="causal LM: hub name or local dir [preset]")
-    p.add_argument("--reward_model", default="XanderJC/gpt2-rm-imdb", help="sequence classifier [preset]")
-    p.add_argument("--dataset", default="stanfordnlp/imdb", help="hub name, dir, or .csv/.jsonl with 'text' [preset]")
-    p.add_argument("--min_chars", type=int, default=200, help="keep texts longer than this [preset]")
-    p.add_argument("--score_eos", type=int, default=0, choices=[0, 1], help="1: the RM reads a final EOS [preset]")
+    g.add_argument("--mini_dir", default=mini.MINI_DIR, help="the mini build: the committed data/mini, or a cache")
+    g.add_argument("--policy", default="lvwerra/gpt2-imdb", help="causal LM: hub name or local dir [preset]")
+    g.add_argument("--reward_model", default="XanderJC/gpt2-rm-imdb", help="sequence classifier [preset]")
+    g.add_argument("--dataset", default="stanfordnlp/imdb", help="hub name, dir, or .csv/.jsonl with 'text' [preset]")
+    g.add_argument("--min_chars", type=int, default=200, help="keep texts longer than this [preset]")
+    g.add_argument("--score_eos", type=int, default=0, choices=[0, 1], help="1: the RM reads a final EOS [preset]")
     # TRL's LengthSampler(2, 8) and (8, 16) exclude the upper end: prompts of 2-7 tokens, completions of 8-15.
-    p.add_argument("--prompt_len", type=int, nargs="+", default=[2, 7], metavar="N",
+    g.add_argument("--prompt_len", type=int, nargs="+", default=[2, 7], metavar="N",
                    help="prompt = first MIN [MAX] tokens of a text [preset]")
-    p.add_argument("--gen_len", type=int, nargs=2, default=[8, 15], metavar=("MIN", "MAX"),
+    g.add_argument("--gen_len", type=int, nargs=2, default=[8, 15], metavar=("MIN", "MAX"),
                    help="completion length, MIN..MAX")
-    p.add_argument("--steps", type=int, default=150, help="PPO steps, one batch of rollouts each [preset]")
-    p.add_argument("--batch_size", type=int, default=16, help="rollouts per step")
-    p.add_argument("--mini_batch_size", type=int, default=1, help="rollouts per gradient step (the paper's 1)")
-    p.add_argument("--ppo_epochs", type=int, default=4, help="passes over each batch")
-    p.add_argument("--lr", type=float, default=1.41e-5, help="Adam learning rate [preset]")
-    p.add_argument("--gamma", type=float, default=1.0, help="discount")
-    p.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
-    p.add_argument("--cliprange", type=float, default=0.2, help="PPO ratio clip")
-    p.add_argument("--cliprange_value", type=float, default=0.2, help="value clip around the old value")
-    p.add_argument("--vf_coef", type=float, default=0.1, help="value loss weight")
-    p.add_argument("--init_kl_coef", type=float, default=0.2, help="initial KL penalty coefficient")
-    p.add_argument("--target_kl", type=float, default=6.0, help="adaptive KL controller target")
-    p.add_argument("--kl_horizon", type=float, default=10000, help="adaptive KL controller horizon")
-    p.add_argument("--seed", type=int, default=0, help="a CPU run with the same seed repeats exactly")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
-    p.add_argument("--bf16", action="store_true", help="CUDA only: bfloat16 autocast; weights and Adam stay float32")
-    p.add_argument("--out_dir", default="runs/abc", help="metrics.jsonl, checkpoint/, samples.jsonl, credit.html")
-    p.add_argument("--save_every", type=int, default=50, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
-    p.add_argument("--min_new_tokens", action="store_true",
+    g.add_argument("--min_new_tokens", action="store_true",
                    help="forbid EOS before each completion's drawn length, the paper's protocol (off: see rollout)")
-    p.add_argument("--log_samples", type=int, default=0, metavar="N",
+    g = p.add_argument_group("PPO")
+    g.add_argument("--steps", type=int, default=150, help="PPO steps, one batch of rollouts each [preset]")
+    g.add_argument("--batch_size", type=int, default=16, help="rollouts per step")
+    g.add_argument("--mini_batch_size", type=int, default=1, help="rollouts per gradient step (the paper's 1)")
+    g.add_argument("--ppo_epochs", type=int, default=4, help="passes over each batch")
+    g.add_argument("--lr", type=float, default=1.41e-5, help="Adam learning rate [preset]")
+    g.add_argument("--cliprange", type=float, default=0.2, help="PPO ratio clip")
+    g.add_argument("--cliprange_value", type=float, default=0.2, help="value clip around the old value")
+    g.add_argument("--vf_coef", type=float, default=0.1, help="value loss weight")
+    g = p.add_argument_group("KL and GAE")
+    g.add_argument("--init_kl_coef", type=float, default=0.2, help="initial KL penalty coefficient")
+    g.add_argument("--target_kl", type=float, default=6.0, help="adaptive KL controller target")
+    g.add_argument("--kl_horizon", type=float, default=10000, help="adaptive KL controller horizon")
+    g.add_argument("--gamma", type=float, default=1.0, help="discount")
+    g.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
+    g = p.add_argument_group("credit schemes (reward.py)")
+    g.add_argument("--reward", default="abc", choices=reward.SCHEMES, help="the credit scheme")
+    g.add_argument("--beta", type=float, default=0.5, help="abc, abcd, shapley: share of the score spread as credit")
+    g.add_argument("--shapley_units", type=int, default=16, metavar="M",
+                   help="shapley: players per completion, its tokens up to M, else M contiguous spans")
+    g.add_argument("--shapley_perms", type=int, default=8, metavar="K",
+                   help=f"shapley: above {estimators.EXACT_UNITS} units, K random orders, each with its reverse")
+    g = p.add_argument_group("run and output")
+    g.add_argument("--seed", type=int, default=0, help="a CPU run with the same seed repeats exactly")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
+    g.add_argument("--bf16", action="store_true", help="CUDA only: bfloat16 autocast; weights and Adam stay float32")
+    g.add_argument("--out_dir", default="runs/abc", help="metrics.jsonl, checkpoint/, samples.jsonl, credit.html")
+    g.add_argument("--save_every", type=int, default=50, help="checkpoint every N steps (and at the end)")
+    g.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    g.add_argument("--log_samples", type=int, default=0, metavar="N",
                    help="log N completions a step with their credit: samples.jsonl, credit.html")
-    p.add_argument("--explain", metavar="TEXT", help="print each scheme's credit for each token of TEXT, then exit")
-    p.add_argument("--faithfulness", type=int, metavar="N",
+    g.add_argument("--explain", metavar="TEXT", help="print each scheme's credit for each token of TEXT, then exit")
+    g.add_argument("--faithfulness", type=int, metavar="N",
                    help="print how each scheme's credit matches occlusion on N texts, then exit")
     return presets.resolve(p, argv)  # the preset's defaults, then the checks: one line and exit 2 on bad input
 
 
 # 2. Data: review openings as prompts. -------------------------------------------------------------
-def sample_prompts(texts, tok, B, prompt_len, gen_len, data_rng):
-    """B random review openings, row b cut to a length drawn from prompt_len (MIN..MAX) and
-    left-padded for generation, and each row's completion length drawn from gen_len (MIN..MAX).
-    Returns ids [B, P], prompt_mask [B, P] and completion lengths [B]."""
-    k = torch.randint(prompt_len[0], prompt_len[1] + 1, (B,), generator=data_rng)
+def sample_prompts(texts, tok, args, data_rng, device="cpu"):
+    """B = --batch_size random review openings, row b cut to a length drawn from --prompt_len (MIN..MAX)
+    and left-padded for generation, and each row's completion length drawn from --gen_len (MIN..MAX).
+    Returns ids [B, P], prompt_mask [B, P] and completion lengths [B], on device."""
+    B, prompt_len, gen_len = args.batch_size, args.prompt_len, args.gen_len
+    prompt_lens = torch.randint(prompt_len[0], prompt_len[1] + 1, (B,), generator=data_rng)
     lengths = torch.randint(gen_len[0], gen_len[1] + 1, (B,), generator=data_rng)
     idx = torch.randint(len(texts), (B,), generator=data_rng).tolist()
     # 500 characters hold far more than the few tokens a prompt keeps; no need to tokenise a whole review.
-    ids = [tok(texts[i][:500])["input_ids"][:n] for i, n in zip(idx, k.tolist())]
+    ids = [tok(texts[i][:500])["input_ids"][:n] for i, n in zip(idx, prompt_lens.tolist())]
     P = max(len(x) for x in ids)
     # Left padding keeps every prompt's last token at column P-1, where generation continues.
     input_ids = torch.tensor([[tok.pad_token_id] * (P - len(x)) + x for x in ids])
     prompt_mask = torch.tensor([[0] * (P - len(x)) + [1] * len(x) for x in ids])
-    return input_ids, prompt_mask, lengths
+    return input_ids.to(device), prompt_mask.to(device), lengths.to(device)
 
 
 # 3. Models: policy, frozen reference, reward model; then the value head. --------------------------
@@ -125,18 +132,18 @@ def load_models(args, device):
     logging.disable_progress_bar()  # keep the terminal for the training bar and one-line errors
     presets.check_architectures(args.policy, args.reward_model)  # before minutes of loading
     tok, rm_tok = presets.load_tokenizer(args.policy), presets.load_tokenizer(args.reward_model)
-    # All three run SDPA in every layer, through reward.KERNEL, which can also hand over the last
+    # All three run SDPA in every layer, through KERNEL (plumbing/attention.py), which can also hand over the last
     # layer's query and keys: ABC reads the RM's attention row, ABC-D the policy's, with no
     # [B, heads, L, L] map. The reference uses the policy's kernel, so at step 0 log p - log p_ref
     # is exactly 0. float32 weights whatever the checkpoint holds (--bf16 is autocast, not bfloat16 weights).
-    kw = dict(dtype=torch.float32, attn_implementation=reward.KERNEL)
+    kw = dict(dtype=torch.float32, attn_implementation=KERNEL)
     policy = presets.load("policy", AutoModelForCausalLM, args.policy, **kw).to(device).eval()
     ref = presets.load("policy", AutoModelForCausalLM, args.policy, **kw).to(device).eval().requires_grad_(False)
     rm = presets.load("reward model", AutoModelForSequenceClassification, args.reward_model,
                       **kw).to(device).eval().requires_grad_(False)
-    if rm_tok.get_vocab() == tok.get_vocab() and reward.is_decoder(rm):
+    if rm_tok.get_vocab() == tok.get_vocab() and is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
-    presets.check_models(args, policy, rm, rm_tok)  # what red and shapley need, labels, positions, logits
+    presets.check_models(args, policy, rm, rm_tok)  # what the schemes need of the RM, labels, positions, logits
     return Models(tok, policy, ref, rm, rm_tok)
 
 
@@ -211,10 +218,10 @@ class PolicyOutput(NamedTuple):
 def forward(policy, value_head, seq, attn_mask, P, attention=False):
     """One pass of the policy over prompt + completion. The vocabulary head runs only on the G
     positions that predict completion tokens. With attention=True (ABC-D) also the last-layer
-    attention among the completion tokens (reward.completion_attention)."""
+    attention among the completion tokens (plumbing.attention.completion_attention)."""
     queries = torch.arange(P, seq.shape[1], device=seq.device)  # ABC-D reads the completion tokens' rows
-    with reward.attention_rows(policy, queries) if attention else contextlib.nullcontext() as rows:
-        out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=reward.positions(attn_mask),
+    with attention_rows(policy, queries) if attention else contextlib.nullcontext() as rows:
+        out = policy.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=positions(attn_mask),
                                 use_cache=False)  # no KV cache to build: one pass
     h = out.last_hidden_state[:, P - 1:-1]  # [B, G, H]: the state before completion token t sits at P-1+t
     # Both heads run in float32, also under --bf16, so old and new log-probs agree to float
@@ -228,8 +235,8 @@ def forward(policy, value_head, seq, attn_mask, P, attention=False):
     logp = logprobs.gather(-1, seq[:, P:, None]).squeeze(-1)
     with torch.no_grad():
         entropy = -(logprobs.exp() * logprobs).sum(-1)
-    att = reward.completion_attention(rows, P) if attention else None
-    return PolicyOutput(logp, values, entropy, att)
+    policy_attention = completion_attention(rows, P) if attention else None  # [B, G, G]
+    return PolicyOutput(logp, values, entropy, policy_attention)
 
 
 # 6. Advantages: GAE over the completion tokens, whitening, and the adaptive KL coefficient. -------
@@ -319,36 +326,38 @@ class Experience(NamedTuple):
     rewards: torch.Tensor  # [B, G] rm_credit - kl_coef * kl
     adv: torch.Tensor  # [B, G] GAE advantages, whitened
     returns: torch.Tensor  # [B, G] value targets
-    rm_rows: int  # sequences the RM scored: B, and for shapley every coalition too
+    rm_rows: int  # sequences the RM scored: B, and more for a scheme that scores variants of each
+    kl_coef: float  # the KL coefficient these rewards were computed with
 
 
 @torch.no_grad()
-def experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng=None):
-    """Everything PPO needs from a batch of rollouts: the RM's score and its per-token credit,
-    the old and reference log-probs, the rewards r_t = credit_t - kl_coef * KL_t, and GAE."""
+def experience(args, models, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng=None):
+    """Everything PPO needs from a batch of rollouts: the old and reference log-probs, the RM's score
+    and the scheme's per-token credit, the rewards r_t = credit_t - kl_coef * KL_t, and GAE."""
     P, mask = prompt_mask.shape[1], comp_mask.float()
     attn_mask = torch.cat([prompt_mask, comp_mask], 1)  # [B, P+G]
-    # Outside autocast: the RM scores in float32, as the paper's authors did, so --bf16
-    # rounds neither the score nor the attention that becomes the reward.
-    rm_score, attention, prefix_scores = reward.score_completions(m.rm, m.rm_tok, m.tok, seq, prompt_mask, comp_mask,
-                                                                 args.score_eos)  # [B], [B, G], [B, G+1]
-    shapley, rm_rows = None, len(seq)
-    if args.reward == "shapley":  # SCAR's price: the RM scores every coalition (or 2K orders) of every completion
-        phi, v_empty, coalitions = reward.shapley_values(
-            m.rm, seq, prompt_mask, reward.read_mask(m.tok, seq, P, comp_mask, args.score_eos), rm_score,
-            args.shapley_units, args.shapley_perms, credit_rng)  # [B, G], [B]
-        shapley, rm_rows = (phi, v_empty), rm_rows + coalitions
     with autocast:
-        old = forward(m.policy, value_head, seq, attn_mask, P, attention=args.reward == "abcd")
-        ref_logp = forward(m.ref, None, seq, attn_mask, P).logp  # [B, G]
+        old = forward(models.policy, value_head, seq, attn_mask, P,
+                      attention=args.reward in reward.READS_POLICY_ATTENTION)  # ABC-D's signal too
+        ref_logp = forward(models.ref, None, seq, attn_mask, P).logp  # [B, G]
+    # Outside autocast: the RM scores in float32, as the paper's authors did, so --bf16 rounds neither
+    # the score nor the attention that becomes the reward.
+    rm_score, rm_credit, rm_rows = reward.per_token_rewards(args, models, seq, prompt_mask, comp_mask, old.attention,
+                                                            credit_rng)  # [B], [B, G]
     kl = (old.logp - ref_logp) * mask  # [B, G]
-    rm_credit = reward.per_token_rewards(args.reward, args.beta, score=rm_score, mask=mask, attention=attention,
-                                         prefix_scores=prefix_scores, policy_attention=old.attention,
-                                         shapley_values=shapley)  # [B, G]
     rewards = rm_credit - kl_coef * kl
     adv, returns = gae(rewards, old.values, mask, args.gamma, args.lam)
     return Experience(seq, prompt_mask, comp_mask, old, rm_score, rm_credit, kl, rewards, whiten(adv, mask), returns,
-                      rm_rows)
+                      rm_rows, kl_coef)
+
+
+def real_columns(attn_mask, P):
+    """The columns [first, end) in which some row of a mini-batch has a real token, so that a mini-batch of
+    short completions need not pay for the batch's longest: padding changes no result, and the update
+    runs on these columns alone. first < P < end, since every row is real at the last prompt column P-1
+    and at the first completion column P. attn_mask [mb, P+G]."""
+    real = attn_mask.any(0).nonzero()
+    return int(real[0]), int(real[-1]) + 1
 
 
 def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
@@ -356,114 +365,83 @@ def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
     statistics of ppo_loss and the entropy, averaged over the updates."""
     P, mask = exp.prompt_mask.shape[1], exp.comp_mask.float()
     attn_mask = torch.cat([exp.prompt_mask, exp.comp_mask], 1)
-    stats = []
+    updates = []
     for _ in range(args.ppo_epochs):
         for idx in torch.randperm(len(exp.seq), generator=data_rng).split(args.mini_batch_size):
             idx = idx.to(exp.seq.device)
-            # Only the columns real in some row of the mini-batch: a short completion need not pay
-            # for the batch's longest. Padding changes no result, so nothing else changes.
-            real = attn_mask[idx].any(0).nonzero()
-            a, b = int(real[0]), int(real[-1]) + 1  # a < P < b: every row is real at P-1 and at P
-            cut = lambda x: x[idx, :b - P]  # [mb, G] -> [mb, b-P]
+            first, end = real_columns(attn_mask[idx], P)
+            comp = lambda x: x[idx, :end - P]  # [B, G] -> [mb, end - P]: the mini-batch's completion columns kept
             with autocast:
-                new = forward(policy, value_head, exp.seq[idx, a:b], attn_mask[idx, a:b], P - a)
-                loss, s = ppo_loss(new.logp, cut(exp.old.logp), new.values, cut(exp.old.values), cut(exp.adv),
-                                   cut(exp.returns), cut(mask), args.cliprange, args.cliprange_value, args.vf_coef)
+                new = forward(policy, value_head, exp.seq[idx, first:end], attn_mask[idx, first:end], P - first)
+                loss, stats = ppo_loss(new.logp, comp(exp.old.logp), new.values, comp(exp.old.values), comp(exp.adv),
+                                       comp(exp.returns), comp(mask), args.cliprange, args.cliprange_value, args.vf_coef)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            stats.append(s | dict(entropy=masked_mean(new.entropy, cut(mask)).item()))
-    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+            updates.append(stats | dict(entropy=masked_mean(new.entropy, comp(mask)).item()))
+    return {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
 
 
 # 9. Training loop. --------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    speed.keep_freed_memory()  # on a CPU, reuse each update's gradient memory, not page-fault it in anew
     autocast = speed.bf16_autocast(device, args.bf16)  # --bf16: the policy's passes in bfloat16 on a GPU
-    if args.preset == "mini":  # the committed build, checked by its fingerprints; a cache elsewhere is built once
-        try:
-            mini.ensure(args.mini_dir)
-        except (OSError, ValueError) as e:
-            fail(f"the mini preset in {args.mini_dir} is not usable: {e}")
-    if args.explain or args.faithfulness:  # the credit views: print, then exit
-        return credit.report(args, load_models(args, device), device)
-
-    # config.json (every flag, versions, git commit, model fingerprints) and the logs, before minutes of
-    # loading, so that an unwritable output folder or a resumed run with other flags fails at once.
-    metrics_file, samples_file = checkpoints.open_logs(args)
+    mini.ensure_preset(args)  # scaffolding: the committed mini build, checked by its fingerprints
+    if args.explain or args.faithfulness:  # scaffolding: the credit views print a table, then exit
+        return credit.report(args, load_models(args, device), device, reward)
+    logs = checkpoints.Logs(args)  # scaffolding: config.json, metrics.jsonl and samples.jsonl, first
 
     # Seeding: a CPU run with the same seed repeats exactly.
     random.seed(args.seed)
     torch.manual_seed(args.seed)  # token sampling in generate
     data_rng = torch.Generator().manual_seed(args.seed)  # prompts, lengths and mini-batch order
-    credit_rng = torch.Generator().manual_seed(args.seed)  # shapley's orders, apart so prompts stay paired by seed
+    credit_rng = torch.Generator().manual_seed(args.seed)  # a scheme's own draws, apart so prompts stay paired by seed
 
+    # Set-up: prompts, models, the critic, Adam and the KL controller.
     texts = presets.load_texts(args.dataset, args.min_chars)
-    m = load_models(args, device)
-    speed.sparse_embedding_grad(m.policy)  # GPT-2's tied embedding: a gradient for its used rows only
-    for model in (m.policy, m.ref):  # both, so that at step 0 log p - log p_ref is exactly 0
-        speed.fused_gelu(model)  # GPT-2's GELU in one kernel, not eight
-    value_head = ValueHead(m.policy.config.hidden_size).to(device)
-    # Fused Adam: one kernel over all parameters; for GPT-2 124M on a CPU its step is ~5x faster.
-    opt = torch.optim.Adam(list(m.policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
+    models = load_models(args, device)
+    speed.tune(models.policy, models.ref)  # scaffolding: CPU speed settings (docs/speed.md)
+    value_head = ValueHead(models.policy.config.hidden_size).to(device)
+    opt = torch.optim.Adam(list(models.policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
     kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
-    start = 0
-    if args.resume:
-        logs = [metrics_file, samples_file]
-        start = checkpoints.resume(args.out_dir, logs, m.policy, value_head, opt, kl_ctl, data_rng, credit_rng)
+    start = checkpoints.resume(args.out_dir, logs, models, value_head, opt, kl_ctl, data_rng, credit_rng) if args.resume else 0
 
-    # SIGTERM (a scheduler, docker stop, kill) or SIGINT (Ctrl-C) inside: finish the step, save, exit.
-    with checkpoints.StopOnSignal() as stop:
+    with checkpoints.StopOnSignal() as stop:  # scaffolding: SIGTERM or SIGINT finish the step, save, exit
         bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)
         for step in bar:
             # --- Rollout: prompts -> sampled completions -------------------------------------
             t0 = time.perf_counter()
-            prompt_ids, prompt_mask, gen_len = (x.to(device) for x in sample_prompts(
-                texts, m.tok, args.batch_size, args.prompt_len, args.gen_len, data_rng))
-            with autocast, checkpoints.sampling_diverged(step, args, bar):  # nan logits: one line, not a traceback
-                seq, comp_mask = rollout(m.policy, m.tok, prompt_ids, prompt_mask, gen_len,
-                                         args.min_new_tokens)  # [B, P+G], [B, G]
+            prompt_ids, prompt_mask, lengths = sample_prompts(texts, models.tok, args, data_rng, device)
+            with autocast, checkpoints.sampling_diverged(step, args, bar):  # scaffolding: nan logits, one line
+                seq, comp_mask = rollout(models.policy, models.tok, prompt_ids, prompt_mask, lengths, args.min_new_tokens)
             t1 = time.perf_counter()
 
-            # --- Scoring: RM score and credit, old and reference log-probs, rewards, GAE -----
-            kl_coef = kl_ctl.value
-            exp = experience(args, m, value_head, seq, prompt_mask, comp_mask, kl_coef, autocast, credit_rng)
-            checkpoints.check_scores(exp.rm_score, step, m.tok, seq, prompt_mask, bar)  # a nan score is the RM's fault
+            # --- Experience: log-probs, RM score and credit, rewards, GAE --------------------
+            exp = experience(args, models, value_head, seq, prompt_mask, comp_mask, kl_ctl.value, autocast, credit_rng)
+            checkpoints.check_scores(exp.rm_score, step, models.tok, seq, prompt_mask, bar)  # scaffolding
             t2 = time.perf_counter()
 
-            # --- Optimisation: ppo_epochs passes over shuffled mini-batches -----------------
-            stats = ppo_update(args, m.policy, value_head, opt, exp, data_rng, autocast)
+            # --- Update: ppo_epochs passes over shuffled mini-batches, then the KL controller --
+            stats = ppo_update(args, models.policy, value_head, opt, exp, data_rng, autocast)
             mean_kl = exp.kl.sum(1).mean().item()
             kl_ctl.update(mean_kl, args.batch_size)
             t3 = time.perf_counter()
+            checkpoints.check_finite(step, args, bar, stats | dict(kl=mean_kl, kl_coef=kl_ctl.value),  # scaffolding
+                                     dict(rewards=exp.rewards), policy=models.policy, value_head=value_head)
 
-            # --- Divergence: a non-finite loss, KL, reward or weight stops the run here, before it is
-            # logged or saved, so metrics.jsonl and the checkpoint hold finite states only -------
-            checkpoints.check_finite(step, args, bar, stats | dict(kl=mean_kl, kl_coef=kl_ctl.value),
-                                     dict(rewards=exp.rewards), policy=m.policy, value_head=value_head)
-
-            # --- Logging: one JSON line per step, flushed at once ---------------------------
-            mask = comp_mask.float()
+            # --- Log: one JSON line per step, flushed at once; a checkpoint every save_every --
             row = dict(step=step, reward_mean=exp.rm_score.mean().item(),
-                       reward_std=exp.rm_score.std().item() if args.batch_size > 1 else 0.0, kl=mean_kl,
-                       kl_coef=kl_coef, **stats, explained_variance=explained_variance(exp.returns, exp.old.values, mask),
-                       completion_len=mask.sum(1).mean().item(), rm_rows=exp.rm_rows,
+                       reward_std=exp.rm_score.std().item() if args.batch_size > 1 else 0.0, kl=mean_kl, kl_coef=exp.kl_coef,
+                       **stats, explained_variance=explained_variance(exp.returns, exp.old.values, comp_mask.float()),
+                       completion_len=comp_mask.sum(1).float().mean().item(), rm_rows=exp.rm_rows,
                        time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-            if samples_file:
-                credit.write_samples(samples_file, step, m.tok, exp, args.log_samples)
+            logs.write(row, models.tok, exp)
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
             if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop.signum:
-                checkpoints.save(args.out_dir, step, m.policy, m.tok, value_head, opt, kl_ctl, data_rng, credit_rng)
-            if stop.signum:  # SIGTERM or SIGINT came during the step: it is saved, now go
-                stop.exit(step, bar)
-    metrics_file.close()
-    if samples_file:
-        samples_file.close()
-        credit.write_credit_html(args.out_dir, args.reward)
+                checkpoints.save(args.out_dir, step, models, value_head, opt, kl_ctl, data_rng, credit_rng)
+            stop.exit_if_signalled(step, bar)  # scaffolding: a signal came during the step; it is saved, now go
+    logs.close()
 
 
 if __name__ == "__main__":

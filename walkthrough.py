@@ -26,10 +26,12 @@ import transformers
 from transformers import GenerationConfig
 
 import abc_ppo
-import credit
-import mini
-import presets
+from plumbing import credit
+from plumbing import mini
+from plumbing import presets
 import reward
+import plumbing.attention
+import plumbing.estimators
 
 STEPS = int(os.environ.get("WALKTHROUGH_STEPS", 40))
 SEEDS = int(os.environ.get("WALKTHROUGH_SEEDS", 2))
@@ -102,7 +104,7 @@ print("completion:", repr(tok.decode(ids[P:])))
 score, attention, prefix_scores = reward.score_completions(rm, models.rm_tok, tok, seq, prompt_mask, comp_mask,
                                                            args.score_eos)  # [1], [1, G], [1, G+1]
 print(f"RM score {score.item():+.3f}")
-with torch.no_grad(), reward.attention_rows(rm, torch.arange(len(ids))) as rows:  # every query's row
+with torch.no_grad(), plumbing.attention.attention_rows(rm, torch.arange(len(ids))) as rows:  # every query's row
     rm(seq, attention_mask=torch.ones_like(seq))
 att_map = rows[-1][0]  # [L, L]: the last layer, averaged over heads
 fig, ax = plt.subplots(figsize=(7, 6))
@@ -117,7 +119,7 @@ show(fig, "attention.png")
 
 # %% [markdown]
 # ## 3. Six schemes' credit for the same completion
-# `reward.per_token_rewards` holds the only lines where the schemes differ. sparse puts the whole
+# `reward.per_token_rewards` is the one place where the schemes differ. sparse puts the whole
 # score on the last token, uniform spreads it evenly, abc spreads a share beta by the RM's attention,
 # red gives each token what it adds to the score (the sum is score - s_0), abcd uses the policy's
 # own attention, and shapley each token's Shapley value, from the RM's score of every coalition of
@@ -125,13 +127,12 @@ show(fig, "attention.png")
 
 # %%
 mask = comp_mask.float()
-phi, v_empty, coalitions = reward.shapley_values(rm, seq, prompt_mask, reward.read_mask(tok, seq, P, comp_mask,
-                                                                                      args.score_eos), score)
-print(f"shapley: {coalitions} coalitions scored by the RM, besides the one pass the other schemes need")
-signals = dict(score=score, mask=mask, attention=attention, prefix_scores=prefix_scores,
-               policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P),
-               shapley_values=(phi, v_empty))
-credits = {n: reward.per_token_rewards(n, args.beta, **signals)[0] for n in reward.REWARDS}
+paid = credit.policy_attention(policy, seq, torch.ones_like(seq), P)  # [1, G, G]: the policy's attention, for abcd
+credits, rm_rows = {}, {}
+for n in reward.SCHEMES:
+    _, c, rm_rows[n] = reward.per_token_rewards(flags(reward=n), models, seq, prompt_mask, comp_mask, paid)
+    credits[n] = c[0]
+print(f"shapley: {rm_rows['shapley'] - 1} coalitions scored by the RM, besides the one pass the other schemes need")
 print(f"{'token':14}" + "".join(f"{n:>9}" for n in credits))
 for t, w in enumerate(words(ids[P:])):
     print(f"{w!r:14}" + "".join(f"{c[t]:+9.3f}" for c in credits.values()))
@@ -320,9 +321,9 @@ print(f"with only the score {e.rm_score[0]:+.3f} on token {n0 - 1} and V = 0: A_
 
 # %%
 L = seq.shape[1]
-with torch.no_grad(), reward.attention_rows(rm, torch.tensor([L - 1]), every_layer=True) as rm_layers:
+with torch.no_grad(), plumbing.attention.attention_rows(rm, torch.tensor([L - 1]), every_layer=True) as rm_layers:
     rm(seq, attention_mask=torch.ones_like(seq))  # the scored token's row in each layer: [1, 1, L] each
-with torch.no_grad(), reward.attention_rows(policy, torch.arange(P, L), every_layer=True) as policy_layers:
+with torch.no_grad(), plumbing.attention.attention_rows(policy, torch.arange(P, L), every_layer=True) as policy_layers:
     policy(seq, attention_mask=torch.ones_like(seq))  # the completion tokens' rows in each layer: [1, G, L] each
 for i, a in enumerate(rm_layers):
     row = a[:, 0, P:]  # the scored token's row over the completion: [1, G]

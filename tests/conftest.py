@@ -14,8 +14,9 @@ sys.path.insert(0, ROOT)
 os.environ["HF_HUB_OFFLINE"] = "1"  # any hub access fails at once instead of retrying
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-import mini  # noqa: E402
+from plumbing import mini  # noqa: E402
 import reward  # noqa: E402
+import plumbing.attention  # noqa: E402
 
 WORDS = "the a film movie plot actor music scene story was is and very quite long short slow bad dull".split()
 GOOD = "good"  # the token the test reward model prefers
@@ -97,10 +98,10 @@ def encoder_dir(tmp_path_factory):
 
 class BagOfWords(torch.nn.Module):
     """A reward model whose score at position i is f(sum_{j <= i} w[token j]), f the identity unless
-    given, with uniform causal attention (one layer, through reward.KERNEL, as a Hugging Face model's
+    given, with uniform causal attention (one layer, through plumbing.attention.KERNEL, as a Hugging Face model's
     layers call it). With f the identity, deleting completion token t moves the final score by exactly
     w[y_t], and that is also y_t's Shapley value."""
-    config = SimpleNamespace(_attn_implementation=reward.KERNEL, num_hidden_layers=1)
+    config = SimpleNamespace(_attn_implementation=plumbing.attention.KERNEL, num_hidden_layers=1)
 
     def __init__(self, w, f=None):
         super().__init__()
@@ -113,7 +114,7 @@ class BagOfWords(torch.nn.Module):
         B, L = input_ids.shape
         zeros = torch.zeros(B, 1, L, 1)  # query = key = 0: uniform weights over the keys a query sees
         seen = torch.tril(torch.ones(L, L, dtype=torch.bool)) & attention_mask.bool()[:, None, None, :]  # [B, 1, L, L]
-        reward.sdpa_rows(self, zeros, zeros, zeros, seen)
+        plumbing.attention.sdpa_rows(self, zeros, zeros, zeros, seen)
         return SimpleNamespace(last_hidden_state=h)
 
 

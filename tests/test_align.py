@@ -5,7 +5,7 @@ from conftest import WORDS, pad, read_metrics, tiny_args
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
 
 import abc_ppo
-import mini
+from plumbing import mini
 import reward
 
 

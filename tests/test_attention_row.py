@@ -1,4 +1,4 @@
-"""The attention ABC and ABC-D read, on SDPA (reward.KERNEL), equals eager attention's full maps.
+"""The attention ABC and ABC-D read, on SDPA (plumbing.attention.KERNEL), equals eager attention's full maps.
 
 Tiny random GPT-2 and Llama models (RoPE, grouped-query attention), built from their configs. Each
 is compared with a copy of itself on eager attention, read the way the code did before: every
@@ -12,8 +12,10 @@ from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadM
                           LlamaForCausalLM, LlamaForSequenceClassification)
 
 import abc_ppo
-import credit
+from plumbing import credit
 import reward
+import plumbing.attention
+import plumbing.models
 
 EOS = 0
 TOK = SimpleNamespace(eos_token_id=EOS)  # all score_completions reads of a tokenizer shared with the RM
@@ -32,7 +34,7 @@ def build(arch, head):
                           intermediate_size=64, vocab_size=50, num_labels=2, eos_token_id=EOS, pad_token_id=EOS)
         cls = LlamaForSequenceClassification if head == "rm" else LlamaForCausalLM
     model = cls(cfg).eval()
-    model.set_attn_implementation(reward.KERNEL)
+    model.set_attn_implementation(plumbing.attention.KERNEL)
     eager = copy.deepcopy(model)
     eager.set_attn_implementation("eager")
     return model, eager
@@ -53,10 +55,10 @@ def batch():
 
 def eager_score(rm, seq, attn_mask):
     """reward.score as it was: eager attention, every layer's full map, one row of the last."""
-    out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=reward.positions(attn_mask),
+    out = rm.base_model(input_ids=seq, attention_mask=attn_mask, position_ids=plumbing.models.positions(attn_mask),
                         output_attentions=True)
-    scores = reward.logit_score(rm.score(out.last_hidden_state))
-    last = reward.last_index(attn_mask)
+    scores = plumbing.models.logit_score(rm.score(out.last_hidden_state))
+    last = plumbing.models.last_index(attn_mask)
     b = torch.arange(len(last))
     return scores[b, last], out.attentions[-1][b, :, last].mean(1), scores
 
@@ -65,8 +67,8 @@ class CountCalls:
     """Counts SDPA calls and forbids a full map: a stand-in for transformers' sdpa_attention_forward."""
 
     def __init__(self, monkeypatch):
-        self.n, self.sdpa = 0, reward.sdpa_attention_forward
-        monkeypatch.setattr(reward, "sdpa_attention_forward", self)
+        self.n, self.sdpa = 0, plumbing.attention.sdpa_attention_forward
+        monkeypatch.setattr(plumbing.attention, "sdpa_attention_forward", self)
 
     def __call__(self, *args, **kwargs):
         assert not kwargs.get("output_attentions")
@@ -113,7 +115,7 @@ def test_policy_completion_attention_equals_eager(arch, monkeypatch):
     policy, eager = build(arch, "lm")
     seq, prompt_mask, comp_mask = batch()
     mask, P = torch.cat([prompt_mask, comp_mask], 1), prompt_mask.shape[1]
-    out = eager.base_model(input_ids=seq, attention_mask=mask, position_ids=reward.positions(mask),
+    out = eager.base_model(input_ids=seq, attention_mask=mask, position_ids=plumbing.models.positions(mask),
                            output_attentions=True)
     expect = out.attentions[-1][:, :, P:, P:].mean(1)  # [B, G, G]
     calls = CountCalls(monkeypatch)
@@ -130,14 +132,14 @@ def test_a_model_on_another_kernel_is_read_and_given_back():
     seq, prompt_mask, comp_mask = batch()
     mask = torch.cat([prompt_mask, comp_mask], 1)
     torch.testing.assert_close(reward.score(eager, seq, mask)[1], reward.score(rm, seq, mask)[1], **TOL)
-    assert eager.config._attn_implementation == "eager" and reward._local.reading is None
-    last = reward.last_index(mask)[:, None]
-    with reward.attention_rows(eager, last, every_layer=True) as rows:
-        eager.base_model(input_ids=seq, attention_mask=mask, position_ids=reward.positions(mask))  # on SDPA now
+    assert eager.config._attn_implementation == "eager" and plumbing.attention._local.reading is None
+    last = plumbing.models.last_index(mask)[:, None]
+    with plumbing.attention.attention_rows(eager, last, every_layer=True) as rows:
+        eager.base_model(input_ids=seq, attention_mask=mask, position_ids=plumbing.models.positions(mask))  # on SDPA now
     expect = eager_score(eager, seq, mask)  # on eager again: every layer's map
     assert len(rows) == 3 and rows[-1].shape == (3, 1, 10)
     torch.testing.assert_close(rows[-1][:, 0], expect[1], **TOL)
     with pytest.raises(RuntimeError, match="6 attention calls .* for 3 layers"):
-        with reward.attention_rows(rm, last):
+        with plumbing.attention.attention_rows(rm, last):
             rm.base_model(input_ids=seq, attention_mask=mask)
             rm.base_model(input_ids=seq, attention_mask=mask)  # one pass, not two

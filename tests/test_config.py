@@ -6,8 +6,8 @@ import pytest
 from conftest import read_metrics, tiny_args
 
 import abc_ppo
-import checkpoints
-import mini
+from plumbing import checkpoints
+from plumbing import mini
 import plot
 
 

@@ -5,7 +5,7 @@ from conftest import GOOD, BagOfWords, synthetic_texts, tiny_args
 from transformers import AutoModelForCausalLM
 
 import abc_ppo
-import credit
+from plumbing import credit
 import reward
 
 

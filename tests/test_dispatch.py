@@ -11,8 +11,9 @@ from conftest import read_jsonl, tiny_args
 from transformers import AutoModelForCausalLM
 
 import abc_ppo
-import credit
+from plumbing import credit
 import reward
+import plumbing.estimators
 
 BETA = 0.5
 SCHEMES = {  # name -> its function in reward.py, on the signals of one sample
@@ -29,7 +30,7 @@ SCHEMES = {  # name -> its function in reward.py, on the signals of one sample
 def logged(tiny, tmp_path_factory):
     """{scheme: the 8 samples its one-step run logged}."""
     out = {}
-    for name in reward.REWARDS:
+    for name in reward.SCHEMES:
         d = tmp_path_factory.mktemp(name)
         # --shapley_units 10: every completion's game exact, so a sample scored alone gets the same values
         abc_ppo.main(tiny_args(tiny, d, "--reward", name, "--beta", str(BETA), "--steps", "1", "--log_samples", "8",
@@ -44,7 +45,7 @@ def signals(sample, tok, policy, rm):
     seq = torch.tensor([sample["prompt_ids"] + sample["token_ids"]])
     prompt_mask, comp_mask = torch.ones(1, P, dtype=torch.long), torch.ones_like(seq[:, P:])
     s, attention, prefix = reward.score_completions(rm, None, tok, seq, prompt_mask, comp_mask, score_eos=0)
-    phi, v_empty, _ = reward.shapley_values(rm, seq, prompt_mask, reward.read_mask(tok, seq, P, comp_mask, 0), s,
+    phi, v_empty, _ = plumbing.estimators.shapley_values(rm, seq, prompt_mask, reward.read_mask(tok, seq, P, comp_mask, 0), s,
                                             max_units=10)
     return dict(score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix,
                 policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P),
@@ -52,7 +53,7 @@ def signals(sample, tok, policy, rm):
 
 
 def test_every_scheme_logs_its_own_functions_credit(logged, tiny, policy_tok, tiny_rm):
-    assert set(SCHEMES) == set(reward.REWARDS)
+    assert set(SCHEMES) == set(reward.SCHEMES)
     policy = AutoModelForCausalLM.from_pretrained(tiny["policy"], attn_implementation="eager").eval()  # as at step 0
     for name, samples in logged.items():
         assert len(samples) == 8

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, read_metrics, tiny_args
 
 import abc_ppo
-import checkpoints
+from plumbing import checkpoints
 import plot
 import reward
 

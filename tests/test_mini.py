@@ -7,7 +7,7 @@ from conftest import SMALL, read_jsonl, read_metrics
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import abc_ppo
-import mini
+from plumbing import mini
 
 
 def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):

@@ -12,9 +12,9 @@ from conftest import ROOT, pad, read_jsonl, read_metrics, tiny_args
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import abc_ppo
-import presets
+from plumbing import presets
 import reward
-import speed
+from plumbing import speed
 
 KEYS = {"step", "reward_mean", "reward_std", "kl", "kl_coef", "policy_loss", "value_loss", "entropy", "clip_frac",
         "value_clip_frac", "explained_variance", "approx_kl", "completion_len", "rm_rows", "time_generate", "time_score",

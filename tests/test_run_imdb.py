@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import ROOT, read_metrics
 
-import mini
+from plumbing import mini
 import reward
 
 
@@ -45,7 +45,7 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path, mini_dir):
                      EXTRA=f"--mini_dir {mini_dir}")
     r = run_script(env)
     assert r.returncode == 0, r.stderr[-2000:]
-    schemes = list(reward.REWARDS)
+    schemes = list(reward.SCHEMES)
     assert schemes == ["sparse", "uniform", "abc", "red", "abcd", "shapley"]  # the reproduction runs every scheme
     step0 = set()
     for s in schemes:

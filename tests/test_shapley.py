@@ -1,4 +1,4 @@
-"""--reward shapley (reward.shapley_values, reward.shapley) on reward models whose Shapley values are
+"""--reward shapley (plumbing.estimators.shapley_values, reward.shapley) on reward models whose Shapley values are
 known by hand: a bag of words, where a token's value is its own weight, and a squashed bag of words,
 where the tokens interact but two of the same weight are alike and a weight of 0 is a dummy."""
 import pytest
@@ -7,6 +7,7 @@ from conftest import BagOfWords, pad, read_metrics, tiny_args
 
 import abc_ppo
 import reward
+import plumbing.estimators
 
 W = torch.tensor([0.0, 1.0, -2.0, 0.5, 3.0, 0.0, 1.0, -0.5, 2.0, -1.0, 0.25, 1.5])  # token 5 weighs 0, like pad 0
 
@@ -22,8 +23,8 @@ def batch(prompts, completions):
 def values(rm, prompts, completions, **kw):
     """phi [B, G], v(empty) [B], the number of coalitions, the score [B] and comp_mask [B, G]."""
     seq, pm, cm = batch(prompts, completions)
-    s = reward.kept_scores(rm, seq, torch.cat([pm, cm], 1))
-    return (*reward.shapley_values(rm, seq, pm, cm, s, **kw), s, cm)
+    s = plumbing.estimators.kept_scores(rm, seq, torch.cat([pm, cm], 1))
+    return (*plumbing.estimators.shapley_values(rm, seq, pm, cm, s, **kw), s, cm)
 
 
 def test_a_bag_of_words_token_is_worth_its_weight_exactly_and_sampled():
@@ -83,8 +84,8 @@ def test_the_seed_decides_the_sampled_credit(monkeypatch):
 
 
 def test_spans_split_their_value_evenly():
-    # 7 tokens and at most 3 units: spans [0, 1, 2], [3, 4], [5, 6] (reward.units)
-    assert reward.units(7, 3).tolist() == [0, 0, 0, 1, 1, 2, 2] and reward.units(3, 16).tolist() == [0, 1, 2]
+    # 7 tokens and at most 3 units: spans [0, 1, 2], [3, 4], [5, 6] (plumbing.estimators.units)
+    assert plumbing.estimators.units(7, 3).tolist() == [0, 0, 0, 1, 1, 2, 2] and plumbing.estimators.units(3, 16).tolist() == [0, 1, 2]
     comp = [2, 4, 1, 3, 8, 9, 11]
     phi, v0, n, s, _ = values(BagOfWords(W), [[1]], [comp], max_units=3)
     spans = [W[comp[:3]].sum() / 3] * 3 + [W[comp[3:5]].sum() / 2] * 2 + [W[comp[5:]].sum() / 2] * 2
@@ -109,8 +110,8 @@ def test_a_final_eos_the_rm_does_not_read_gets_no_shapley_value():
 
     seq, pm, cm = batch([[9]], [[1, 4, 11]])
     rm_mask = reward.read_mask(Tok, seq, 1, cm, score_eos=0)
-    s = reward.kept_scores(BagOfWords(W), seq, torch.cat([pm, rm_mask], 1))
-    phi, v0, _ = reward.shapley_values(BagOfWords(W), seq, pm, rm_mask, s)
+    s = plumbing.estimators.kept_scores(BagOfWords(W), seq, torch.cat([pm, rm_mask], 1))
+    phi, v0, _ = plumbing.estimators.shapley_values(BagOfWords(W), seq, pm, rm_mask, s)
     torch.testing.assert_close(phi, torch.tensor([[1.0, 3.0, 0.0]]))
     credit = reward.shapley(s, phi, v0, cm.float(), 1.0)  # the last token, the EOS, gets v(empty) only
     torch.testing.assert_close(credit, torch.tensor([[1.0, 3.0, -1.0]]))
@@ -120,8 +121,8 @@ def test_a_completion_the_rm_reads_none_of_gets_the_score_on_its_last_token():
     # An EOS-only completion at score_eos 0: no unit to value, no coalition to score; v(empty) = the score.
     seq, pm = torch.tensor([[3, 1, 2, 0], [3, 3, 0, 0]]), torch.ones(2, 2, dtype=torch.long)
     rm_mask = torch.tensor([[1, 1], [0, 0]])
-    s = reward.kept_scores(BagOfWords(W), seq, torch.cat([pm, rm_mask], 1))
-    phi, v0, n = reward.shapley_values(BagOfWords(W), seq, pm, rm_mask, s)
+    s = plumbing.estimators.kept_scores(BagOfWords(W), seq, torch.cat([pm, rm_mask], 1))
+    phi, v0, n = plumbing.estimators.shapley_values(BagOfWords(W), seq, pm, rm_mask, s)
     torch.testing.assert_close(phi, torch.tensor([[-2.0, 0.0], [0.0, 0.0]]))  # row 0 reads tokens 2 and 0
     assert v0[1] == s[1] and n == 3  # row 0's 2^2 - 1 coalitions only
 

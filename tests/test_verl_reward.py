@@ -16,8 +16,9 @@ import torch
 from conftest import ROOT, TINY, pad, synthetic_texts
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2ForSequenceClassification
 
-import mini
+from plumbing import mini
 import reward
+import plumbing.estimators
 
 needs_verl = pytest.mark.skipif(importlib.util.find_spec("verl") is None,
                                 reason="verl is not installed here; .ci/run runs this file in .venv-verl "
@@ -129,16 +130,15 @@ def compute_rm_score(config, data, monkeypatch, workers=3):
 
 def project_credit(rm, rm_tok, tok, pairs, scheme, beta, score_eos=0):
     """The same texts scored the project's way, as abc_ppo.experience does: one padded batch through
-    reward.score_completions and reward.per_token_rewards. Returns credit [B, G] and score [B]."""
+    reward.per_token_rewards. Returns credit [B, G] and score [B]."""
     prompts, prompt_mask = pad([p for p, _ in pairs], tok.eos_token_id, "left")
     comps, mask = pad([c for _, c in pairs], tok.eos_token_id, "right")
     seq = torch.cat([prompts, comps], 1)
-    s, attention, prefix = reward.score_completions(rm, rm_tok, tok, seq, prompt_mask, mask, score_eos)
-    shapley = None
-    if scheme == "shapley":  # 10 units: exact, so the batch and verl's one sample at a time agree
-        rm_mask = reward.read_mask(tok, seq, prompt_mask.shape[1], mask, score_eos)
-        shapley = reward.shapley_values(rm, seq, prompt_mask, rm_mask, s, max_units=10)[:2]
-    return reward.per_token_rewards(scheme, beta, s, mask, attention, prefix, None, shapley), s
+    # shapley_units 10: every game exact, so the batch and verl's one sample at a time agree
+    flags = types.SimpleNamespace(reward=scheme, beta=beta, score_eos=score_eos, shapley_units=10, shapley_perms=8)
+    s, credit, _ = reward.per_token_rewards(flags, types.SimpleNamespace(tok=tok, rm=rm, rm_tok=rm_tok), seq, prompt_mask,
+                                            mask)
+    return credit, s
 
 
 @pytest.fixture(scope="module")
