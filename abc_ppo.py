@@ -10,8 +10,8 @@ attention a_t from the scoring position over the completion tokens:
 Read top to bottom: arguments, data, models and value head, rollout, policy forward, GAE, PPO loss,
 one PPO step, training loop. reward.py is the reward side: the schemes, the one call that picks one,
 and the RM's forward pass. What a first reading may skip lives in plumbing/ (presets and flag checks,
-checkpoints, the attention-row kernel, the estimators, CPU speed settings, the credit views); the lines
-here that call it are marked "scaffolding".
+checkpoints, the attention-row kernel, the estimators, CPU speed settings, the credit views); in main,
+the lines that are scaffolding rather than the algorithm say so.
 
 Left out, as in the paper's setup (TRL 0.7.4's PPOTrainer with its IMDb defaults), so that the runs
 compare with the paper's: no gradient clipping (its max_grad_norm was None), no entropy bonus (the

@@ -45,7 +45,8 @@ def abc(score, attention, mask, beta):
         a_t = attention_t * mask_t / sum_j attention_j * mask_j,
     the score is spread as
         r_t = beta * score * a_t + (1 - beta) * score * [t = last].
-    beta = 0 is `sparse`; beta = 1 puts all credit where the RM looked. Never negative.
+    beta = 0 is `sparse`; beta = 1 puts all credit where the RM looked. Every token's credit has the
+    score's sign: none is ever negative inside a positive completion.
     """
     a = attention.float().clamp(min=0) * mask
     total = a.sum(1, keepdim=True)

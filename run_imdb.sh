@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-seed reproduction of the paper's IMDb experiment (Chan et al. 2024, Figure 3):
-# every reward scheme x every seed, then a figure and a results table made by plot.py.
+# every reward scheme x every seed, then a figure and a results table made by tools/report.py.
 #
 #   PRESET=mini ./run_imdb.sh     # offline, small models; docs/results.md has measured times
 #   PRESET=paper ./run_imdb.sh    # the paper's GPT-2 models and IMDb; needs the hub, ideally a GPU
@@ -33,9 +33,10 @@ PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-5}
 BETA=${BETA:-0.8}
 GEN_LEN=${GEN_LEN:-}
-REWARDS=${REWARDS:-$("$PYTHON" -c 'import reward; print(" ".join(reward.REWARDS))')}
+REWARDS=${REWARDS:-$("$PYTHON" -c 'import reward; print(" ".join(reward.SCHEMES))')}
 # Resolve auto once, and build the mini cache once, before runs start in parallel; bad flags fail here.
-PRESET=$("$PYTHON" -c 'import sys, abc_ppo, mini
+PRESET=$("$PYTHON" -c 'import sys, abc_ppo
+from plumbing import mini
 a = abc_ppo.parse_args(sys.argv[1:])
 if a.preset == "mini": mini.ensure(a.mini_dir)
 print(a.preset)' --preset "${PRESET:-auto}" ${GEN_LEN:+--gen_len $GEN_LEN} ${EXTRA:-})
@@ -99,5 +100,5 @@ wait $! ||
     { echo "run_imdb.sh: some runs failed (see above); finished runs are kept, run again to resume" >&2; exit 1; }
 rm -rf "$RUNNING"
 
-"$PYTHON" plot.py "$OUT" --order $REWARDS
+"$PYTHON" tools/report.py "$OUT" --order $REWARDS
 echo "run_imdb.sh: finished in $(( $(date +%s) - start )) s; see $OUT/results.md, $OUT/reward.png, $OUT/kl.png"

@@ -168,7 +168,7 @@ credit.print_table(table)
 def batch(policy, B=16, gen_len=(8, 15), seed=0):
     """A batch of rollouts from `policy`, drawn as abc_ppo.main draws them: seq, prompt_mask, comp_mask."""
     data_rng = torch.Generator().manual_seed(seed)
-    prompt_ids, prompt_mask, lengths = abc_ppo.sample_prompts(texts, tok, B, args.prompt_len, gen_len, data_rng)
+    prompt_ids, prompt_mask, lengths = abc_ppo.sample_prompts(texts, tok, flags(batch_size=B, gen_len=gen_len), data_rng)
     seq, comp_mask = abc_ppo.rollout(policy, tok, prompt_ids, prompt_mask, lengths)
     return seq, prompt_mask, comp_mask
 
@@ -241,7 +241,7 @@ mechanism(mech, 0, "mechanism.png")
 # %% [markdown]
 # ## 7. Sparse against abc, same seeds
 # The full loop, `abc_ppo.main`, for each scheme and seed. The paper's claim on its GPT-2 models:
-# abc's reward rises faster. Here the runs are short; `run_imdb.sh` and `plot.py` run and report
+# abc's reward rises faster. Here the runs are short; `run_imdb.sh` and `tools/report.py` run and report
 # many seeds with ± 2 s.e.
 
 # %%

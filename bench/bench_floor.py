@@ -1,9 +1,9 @@
 """One PPO update of GPT-2 124M (batch 1): measured split, and this machine's floor for it.
 
-    python tests/bench_floor.py [--tokens 24] [--completion 16] [--plain]
+    python bench/bench_floor.py [--tokens 24] [--completion 16] [--plain]
 
 Times forward, backward and Adam of abc_ppo.py's update on a random-weight GPT-2 124M, with
-speed.py's settings as abc_ppo.py runs them (or without, --plain).
+plumbing/speed.py's settings as abc_ppo.py runs them (or without, --plain).
 
 Measures matmul throughput (float32, the update's own shapes and a large square one) and memory
 bandwidth (a large copy), then bounds one update from below:
@@ -71,13 +71,13 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokens", type=int, default=24, help="prompt + completion tokens of the sequence")
     p.add_argument("--completion", type=int, default=16, help="tokens the vocabulary head runs on")
-    p.add_argument("--plain", action="store_true", help="without speed.py's settings, as before them")
+    p.add_argument("--plain", action="store_true", help="without plumbing/speed.py's settings, as before them")
     a = p.parse_args()
     T, G = a.tokens, a.completion
     if not a.plain:
         speed.keep_freed_memory()
     split = time_update(T, G, faster=not a.plain)
-    print(f"one update ({'plain' if a.plain else 'with speed.py'}): "
+    print(f"one update ({'plain' if a.plain else 'with plumbing/speed.py'}): "
           + "  ".join(f"{k} {v:.3f}" for k, v in split.items()) + f"  total {sum(split.values()):.3f} s")
     x, w = torch.randn(T, D), torch.randn(D, 4 * D)
     big = torch.randn(2048, 2048)

@@ -1,6 +1,6 @@
 """Where one PPO update of the mini policy spends its time: torch.profiler over ppo_update's own calls.
 
-    python tests/bench_profile.py [--mini_dir DIR] [--tokens 5 12] [--updates 64]
+    python bench/bench_profile.py [--mini_dir DIR] [--tokens 5 12] [--updates 64]
 
 One sequence of PROMPT + COMPLETION tokens (mini-batch 1, as the paper), `--updates` times:
 forward with the PPO loss, backward, fused Adam, exactly as ppo_update runs them. Prints the wall

@@ -2,8 +2,8 @@
 with every layer's map (how ABC read its row before), and SDPA with the row read from the last
 layer's query and keys (reward.score now).
 
-    python tests/bench_rm.py                           # GPT-2 124M at 128, 512, 1024 tokens; Llama-shaped at 2048
-    python tests/bench_rm.py --archs gpt2 --lengths 1024 --repeats 3
+    python bench/bench_rm.py                           # GPT-2 124M at 128, 512, 1024 tokens; Llama-shaped at 2048
+    python bench/bench_rm.py --archs gpt2 --lengths 1024 --repeats 3
 
 Not collected by pytest. Random weights, float32, batch 4, one thread. Row b of the batch has b * L/8
 tokens of left padding, so every mode sees a padding mask, as in training. Each measurement runs in

@@ -1,9 +1,9 @@
 """Seconds per PPO step, split into generation, scoring and optimisation, for sparse vs abc (or --schemes).
 
-    python tests/bench_step.py                 # GPT-2 124M-sized policy and RM (random weights), CPU
-    python tests/bench_step.py --policy lvwerra/gpt2-imdb --reward_model XanderJC/gpt2-rm-imdb
-    python tests/bench_step.py --layers 2 --width 128 --mini_batch_size 16 --gen_len 16 16
-    python tests/bench_step.py --policy data/mini/policy --reward_model data/mini/reward_model \
+    python bench/bench_step.py                 # GPT-2 124M-sized policy and RM (random weights), CPU
+    python bench/bench_step.py --policy lvwerra/gpt2-imdb --reward_model XanderJC/gpt2-rm-imdb
+    python bench/bench_step.py --layers 2 --width 128 --mini_batch_size 16 --gen_len 16 16
+    python bench/bench_step.py --policy data/mini/policy --reward_model data/mini/reward_model \
         --dataset data/mini/prompts.jsonl --schemes sparse abc shapley --gen_len 8 15 --extra --lr 1e-4
 
 Not collected by pytest. Both schemes run on the same seed, so they see the same prompts and

@@ -1,4 +1,4 @@
-"""Seconds per PPO step of TRL 0.11's classic PPOTrainer, for comparison with tests/bench_step.py.
+"""Seconds per PPO step of TRL 0.11's classic PPOTrainer, for comparison with bench/bench_step.py.
 
 Same work as bench_step.py's default: GPT-2 124M-sized policy and reward model with random
 weights, batch 16, mini-batch 1, 4 PPO epochs, prompts of 2-8 tokens, completions of 8-16,
@@ -7,8 +7,8 @@ separate environment:
 
     python -m venv /tmp/trlenv
     /tmp/trlenv/bin/pip install torch==2.13.0 trl==0.11.4 transformers==4.46.3 "accelerate<1.2" numpy datasets rich
-    /tmp/trlenv/bin/python tests/bench_trl.py [--steps 3]
-    /tmp/trlenv/bin/python tests/bench_trl.py --layers 2 --width 128 --mini_batch_size 16 --gen_len 16 16
+    /tmp/trlenv/bin/python bench/bench_trl.py [--steps 3]
+    /tmp/trlenv/bin/python bench/bench_trl.py --layers 2 --width 128 --mini_batch_size 16 --gen_len 16 16
 
 The second line is the small model with the full vocabulary, where the vocabulary head dominates.
 Not collected by pytest. Step 0 is dropped as warm-up.
@@ -26,7 +26,7 @@ from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from trl.core import LengthSampler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from plumbing import mini  # noqa: E402  (tokenizer and corpus only; mini.py needs no TRL)
+from plumbing import mini  # noqa: E402  (tokenizer and corpus only; plumbing/mini.py needs no TRL)
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=3)

@@ -48,7 +48,7 @@ def softmax_rows(query, key, mask, scaling, causal, i):
 
 
 # Inside `attention_rows`: what to compute, and the attention calls seen so far. Per thread, since a
-# pass calls attention in the thread that runs it and two threads may score at once (verl_reward.py).
+# pass calls attention in the thread that runs it and two threads may score at once (tools/verl_reward.py).
 _local = threading.local()
 
 

@@ -19,12 +19,6 @@ def last_index(attn_mask):
     return (attn_mask * torch.arange(attn_mask.shape[1], device=attn_mask.device)).argmax(1)
 
 
-def attention_row(rows, layer=-1):
-    """One layer's (the last by default) attention row, averaged over heads, from `attention_rows`
-    asked for one query position per batch row: [B, L]."""
-    return rows[layer][:, 0]
-
-
 def logit_score(logits):
     """The paper's score: logit_1 - logit_0 for two labels, the single logit for one: [..., C] -> [...]."""
     logits = logits.float()

@@ -1,7 +1,7 @@
 """Where a run's models and data come from, and the checks on its flags.
 
 abc_ppo.py's argument defaults are the paper's (GPT-2 on IMDb from the Hugging Face hub).
-The offline `mini` preset, built by mini.py, swaps some of them for MINI's. `--preset auto`
+The offline `mini` preset, built by plumbing/mini.py, swaps some of them for MINI's. `--preset auto`
 picks the paper's when the hub answers or its models are cached, and mini otherwise.
 Bad input ends the run here with one line and exit code 2, never a traceback.
 """
@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-# A small GPT-2 policy and RM built offline by mini.py; prompts are held-out reviews. The tiny
+# A small GPT-2 policy and RM built offline by plumbing/mini.py; prompts are held-out reviews. The tiny
 # model learns at a larger learning rate than GPT-2 124M. mini's RM is trained on review + EOS,
 # so it reads a completion's final EOS (score_eos 1); the paper's RM scored the text before it.
 MINI = dict(policy="{mini_dir}/policy", reward_model="{mini_dir}/reward_model", dataset="{mini_dir}/prompts.jsonl",
@@ -225,7 +225,7 @@ def check_models(args, policy, rm, rm_tok):
     check_logits(args.policy, policy)
     if args.score_eos and rm_tok is not None:
         print("abc_ppo.py: warning: --score_eos 1 has no effect: this reward model has a tokenizer of its own, and "
-              "the text it is given has no EOS (retokenize.py)", file=sys.stderr)
+              "the text it is given has no EOS (plumbing/retokenize.py)", file=sys.stderr)
     if args.explain:
         return  # --explain scores its own text, of its own length
     need = args.prompt_len[1] + args.gen_len[1]

@@ -15,7 +15,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # any hub access fails at once instead of re
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 from plumbing import mini  # noqa: E402
-import reward  # noqa: E402
 import plumbing.attention  # noqa: E402
 
 WORDS = "the a film movie plot actor music scene story was is and very quite long short slow bad dull".split()
@@ -153,3 +152,13 @@ def read_jsonl(path):
 def read_metrics(out_dir):
     """The metrics.jsonl rows that a run wrote to out_dir, one per step."""
     return read_jsonl(os.path.join(out_dir, "metrics.jsonl"))
+
+
+def load_script(path):
+    """A script of tools/ or studies/ (not a package module) imported from its path, e.g. "tools/report.py"."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,10 @@ from conftest import read_metrics, tiny_args
 import abc_ppo
 from plumbing import checkpoints
 from plumbing import mini
-import plot
+from conftest import load_script
+
+report = load_script("tools/report.py")
+beta_study = load_script("studies/beta/beta.py")
 
 
 def test_config_json_records_the_resolved_run(tiny, tmp_path):
@@ -67,12 +70,12 @@ def write_run(out, scheme, seed, reward, beta, models=None):
 def test_plot_names_runs_by_their_config(tmp_path):
     write_run(tmp_path, "abc-beta0.25", 0, "abc", 0.25)
     write_run(tmp_path, "sparse", 0, "sparse", 0.8)
-    plot.main([str(tmp_path)])
+    report.main([str(tmp_path)])
     md = (tmp_path / "results.md").read_text()
     assert "| abc-beta0.25 (β 0.25) | 1 |" in md and "| sparse | 1 |" in md  # β only where the scheme uses it
     write_run(tmp_path, "abc-beta0.25", 1, "abc", 0.5)  # a seed of another experiment in the same folder
     with pytest.raises(SystemExit, match="differ in --reward or --beta"):
-        plot.main([str(tmp_path)])
+        report.main([str(tmp_path)])
 
 
 def test_plot_refuses_to_pair_runs_on_different_models(tmp_path):
@@ -80,9 +83,9 @@ def test_plot_refuses_to_pair_runs_on_different_models(tmp_path):
     write_run(tmp_path, "sparse", 0, "sparse", 0.8, build("bbbbbbbbbbbbbbbb"))
     write_run(tmp_path, "abc", 0, "abc", 0.8, build("bbbbbbbbbbbbbbbb"))
     write_run(tmp_path, "abc", 1, "abc", 0.8)  # a run that predates fingerprints pairs with either
-    plot.main([str(tmp_path)])
+    report.main([str(tmp_path)])
     write_run(tmp_path, "sparse", 1, "sparse", 0.8, build("cccccccccccccccc"))  # resumed on another build
     with pytest.raises(SystemExit, match="2 different models"):
-        plot.main([str(tmp_path)])
+        report.main([str(tmp_path)])
     with pytest.raises(SystemExit, match="2 different models"):
-        plot.main([str(tmp_path), "--beta", str(tmp_path / "beta")])
+        beta_study.main([str(tmp_path), "--out", str(tmp_path / "beta")])

@@ -1,4 +1,4 @@
-"""Credit faithfulness (credit.py) and the policy attention that ABC-D reads."""
+"""Credit faithfulness (plumbing/credit.py) and the policy attention that ABC-D reads."""
 import pytest
 import torch
 from conftest import GOOD, BagOfWords, synthetic_texts, tiny_args
@@ -6,7 +6,9 @@ from transformers import AutoModelForCausalLM
 
 import abc_ppo
 from plumbing import credit
-import reward
+from conftest import load_script
+
+mechanism = load_script("tools/mechanism.py")
 
 
 def test_mechanism_by_hand():
@@ -16,7 +18,7 @@ def test_mechanism_by_hand():
     w = torch.tensor([0.0, 1.0, 3.0, 0.5, 2.0])
     sample = dict(step=7, prompt_ids=[1], token_ids=[2, 3, 4, 1, 0], advantage=[4.0, 0.0, 2.0, 1.0, 9.0],
                   credit=[0.1, 2.0, 0.5, 1.0, 0.0])
-    (r,) = credit.mechanism(BagOfWords(w), 0, 0, [sample, dict(sample, step=8)], [7]).values()
+    (r,) = mechanism.mechanism(BagOfWords(w), 0, 0, [sample, dict(sample, step=8)], [7]).values()
     assert r["samples"] == 1 and r["top1"] == 1.0
     assert (r["adv"][0], r["signed"][0], r["credit"][0]) == pytest.approx((1.0, 1.0, -1.0))
 
@@ -27,7 +29,7 @@ def test_mechanism_report_names_each_run(tiny, tmp_path, capsys):
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward", "shapley", "--beta", "0.8", "--lam", "0.5", "--min_new_tokens",
                            "--gen_len", "4", "6", "--steps", "2", "--log_samples", "3"))
     capsys.readouterr()
-    credit.mechanism_report([str(tmp_path)], [0, 1])
+    mechanism.mechanism_report([str(tmp_path)], [0, 1])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 4–6 ")]
     assert [r.split(" | ")[1:4] for r in rows] == [["shapley (β 0.8), λ 0.5, forced, seed 0", str(s), "3"] for s in (0, 1)]
 

@@ -13,8 +13,10 @@ from conftest import ROOT, read_metrics, tiny_args
 
 import abc_ppo
 from plumbing import checkpoints
-import plot
+from conftest import load_script
 import reward
+
+report = load_script("tools/report.py")
 
 
 def without_timings(rows):
@@ -153,7 +155,7 @@ def test_plot_skips_a_damaged_run_and_says_why(tmp_path, capsys):
         (d / "metrics.jsonl").write_text(metrics + "\n")
         if config is not None:
             (d / "config.json").write_text(config)
-    plot.main([str(tmp_path)])
+    report.main([str(tmp_path)])
     err = capsys.readouterr().err
     assert "skipped" in err and "sparse/seed1" in err and "abc/seed0" in err
     md = (tmp_path / "results.md").read_text()

@@ -12,7 +12,7 @@ from plumbing import mini
 
 def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     texts, labels = mini.read_reviews(mini.CORPUS)
-    data = tmp_path / "small.csv"  # CSV input, as `python mini.py --data my.csv` takes
+    data = tmp_path / "small.csv"  # CSV input, as `python tools/build_mini.py --data my.csv` takes
     rows = list(zip(texts[:200], labels[:200])) + [("Great.", 1), (" ".join(["long"] * 150) + " and dull.", 0)]
     data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in rows))  # one tiny, one over 128 tokens
     out = str(tmp_path / "mini")
@@ -102,7 +102,7 @@ def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
 
 def test_the_default_models_are_the_committed_reference(monkeypatch):
     # The same policy and RM on every machine: the default --mini_dir is the committed build, whose
-    # weights must hash to the fingerprints in mini.py, and it is loaded, never rebuilt.
+    # weights must hash to the fingerprints in plumbing/mini.py, and it is loaded, never rebuilt.
     def no_build(*a, **k):
         raise AssertionError("rebuilt the reference")
 

@@ -1,4 +1,4 @@
-"""Tests for plot.py on a tiny hand-made OUT dir (numbers worked out by hand below)."""
+"""Tests for tools/report.py, plumbing/runs.py and the studies' analyses on a tiny hand-made OUT dir (numbers worked out by hand below)."""
 import json
 import os
 import subprocess
@@ -8,7 +8,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import plot  # noqa: E402
+import plumbing.runs  # noqa: E402
+from conftest import load_script  # noqa: E402
+
+report = load_script("tools/report.py")
+beta_study = load_script("studies/beta/beta.py")
+pooled = load_script("studies/builds/pooled.py")
+horizon = load_script("studies/builds/horizon.py")
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +29,7 @@ def write(out, scheme, seed, lines, **flags):
     d = out / scheme / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    if flags:  # a config.json as abc_ppo.py writes it, with the flags plot.py reads
+    if flags:  # a config.json as abc_ppo.py writes it, with the flags tools/report.py reads
         (d / "config.json").write_text(json.dumps(dict(flags=flags)))
 
 
@@ -63,14 +69,14 @@ def check_outputs(out):
 
 
 def test_load_runs(out):
-    runs = plot.load_runs(str(out))
+    runs = plumbing.runs.load_runs(str(out))
     assert sorted(runs) == ["abc", "sparse"] and len(runs["sparse"]) == 2 and len(runs["abc"]) == 3
     assert runs["sparse"][1]["step"].tolist() == [0, 1, 2, 3]  # dedup keeps the last line, truncates to common
     assert runs["sparse"][1]["reward_mean"].tolist() == [3, 4, 5, 4]
 
 
 def test_summarise_numbers(out):
-    rows = {r["scheme"]: r for r in plot.summarise(plot.load_runs(str(out)))}
+    rows = {r["scheme"]: r for r in plumbing.runs.summarise(plumbing.runs.load_runs(str(out)))}
     s, a = rows["sparse"], rows["abc"]
     assert (s["early_mean"], s["early_2se"], *s["last"]) == pytest.approx((3.0, 2.0, 3.0, 2.0))
     assert (a["early_mean"], a["early_2se"], *a["last"]) == pytest.approx((4.5, 1.0, 7.0, 2 / 3 ** 0.5))
@@ -85,7 +91,7 @@ def test_summarise_numbers(out):
 
 def test_windows(out):
     # steps 0-1 only: sparse means 1.5, 3.5 -> 2.5 ± 2.0
-    s, a = plot.summarise(plot.load_runs(str(out)), upto=1)
+    s, a = plumbing.runs.summarise(plumbing.runs.load_runs(str(out)), upto=1)
     assert s["scheme"] == "sparse" and s["early_upto"] == 1
     assert (s["early_mean"], s["early_2se"]) == pytest.approx((2.5, 2.0))
     # best sparse over steps 0-1 is 3 (not 4): sparse [2,3,4,3] first > 3 at step 2 (>= 3: step 1),
@@ -95,14 +101,14 @@ def test_windows(out):
 
 def test_no_sparse_and_one_seed(tmp_path):
     write(tmp_path, "abc", 0, [line(t, r) for t, r in enumerate([1, 2])])
-    (r,) = plot.main([str(tmp_path)])
+    (r,) = report.main([str(tmp_path)])
     assert r["first_best"] is None and r["early_2se"] == 0.0 and r["early_mean"] == pytest.approx(1.5)
     assert "| abc | 1 | 1.50 ± 0.00 | - | 2.00 ± 0.00 (step 1) | - | 0.10 | 0 | 10.0 | 2.00 |" in (tmp_path / "results.md").read_text()
 
 
 def test_never_and_order(out):
     write(out, "uniform", 0, [line(t, 0.0) for t in range(4)])
-    rows = plot.main([str(out), "--order", "abc"])
+    rows = report.main([str(out), "--order", "abc"])
     assert [r["scheme"] for r in rows] == ["abc", "sparse", "uniform"]
     assert rows[2]["first_best"] == "never"
     # uniform's seed 0 mean 0 against sparse's 2: -2, one seed, so no spread
@@ -111,12 +117,12 @@ def test_never_and_order(out):
 
 
 def test_main_function(out):
-    plot.main([str(out)])
+    report.main([str(out)])
     check_outputs(out)
 
 
 def test_cli(out):
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(out)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"), str(out)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     check_outputs(out)
 
@@ -124,25 +130,25 @@ def test_cli(out):
 def test_bad_input(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(d)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "report.py"), str(d)], capture_output=True, text=True)
     assert p.returncode != 0
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1 and str(d) in p.stderr
     with pytest.raises(SystemExit, match="not a readable directory"):
-        plot.main([str(tmp_path / "missing")])
+        report.main([str(tmp_path / "missing")])
 
 
 def test_bad_line(tmp_path, capsys):
     write(tmp_path, "abc", 0, [line(0, 1.0), "{not json"])
     with pytest.raises(SystemExit, match="no metrics files found"):  # the only run is skipped
-        plot.main([str(tmp_path)])
+        report.main([str(tmp_path)])
     err = capsys.readouterr().err
-    assert "plot.py: skipped" in err and "metrics.jsonl:2: bad metrics line" in err
+    assert "skipped" in err and "metrics.jsonl:2: bad metrics line" in err
 
 
 def test_smooth():
     # centred 3-step mean, fewer steps at the ends: (0+3)/2, (0+3+6)/3, (3+6+9)/3, (6+9)/2
-    assert plot.smooth([0, 3, 6, 9], 3).tolist() == pytest.approx([1.5, 3.0, 6.0, 7.5])
-    assert plot.smooth([[0, 3, 6, 9]], 1).tolist() == [[0, 3, 6, 9]]
+    assert report.smooth([0, 3, 6, 9], 3).tolist() == pytest.approx([1.5, 3.0, 6.0, 7.5])
+    assert report.smooth([[0, 3, 6, 9]], 1).tolist() == [[0, 3, 6, 9]]
 
 
 SPARSE, ABC = ([1, 2, 3, 2], [3, 4, 5, 4]), ([2, 4, 6, 8], [3, 5, 5, 7])  # per-seed means 2, 4 and 5, 5
@@ -158,7 +164,7 @@ def study(out, gen_len, forced=False, beta=0.8, schemes=("sparse", "abc")):
 
 def test_lengths(tmp_path):
     dirs = [study(tmp_path / "long", [90, 110], forced=True), study(tmp_path / "short", [8, 15])]
-    studies = plot.main(dirs + ["--lengths", str(tmp_path / "length")])
+    studies = report.main(dirs + ["--lengths", str(tmp_path / "length")])
     assert [(x, eos) for x, _, eos, _ in studies] == [(11.5, "free EOS"), (100, "forced")]  # free first, by length
     md = (tmp_path / "length.md").read_text()
     # abc - sparse per seed: 5 - 2, 5 - 4 -> 2 ± 2 * sqrt(2) / sqrt(2)
@@ -171,7 +177,7 @@ def test_lengths(tmp_path):
 
 def test_beta(tmp_path):
     dirs = [study(tmp_path / "b0", [8, 15], beta=0, schemes=["abc"]), study(tmp_path / "b1", [8, 15], beta=1.0)]
-    plot.main(dirs + ["--beta", str(tmp_path / "beta")])
+    beta_study.main(dirs + ["--out", str(tmp_path / "beta")])
     md = (tmp_path / "beta.md").read_text()
     assert "| 0 | 2 | 3.00 ± 2.00 | +0.00 ± 0.00 (0/2) | 7.94 |" in md
     assert "| 1 | 2 | 5.00 ± 0.00 | +2.00 ± 2.00 (2/2) | 8.8 |" in md
@@ -199,11 +205,11 @@ def test_builds_are_pooled_only_when_asked(tmp_path):
     dirs = [build_study(tmp_path / "a", a, [2, 4, 0], [5, 5, 9], mini_dir=str(tmp_path / "mini")),  # seed 2: a only
             build_study(tmp_path / "b", b, [2, 4], [2, 6])]
     with pytest.raises(SystemExit, match="2 different models"):  # a table never mixes builds unasked
-        plot.main(dirs + ["--lengths", str(tmp_path / "length")])
-    pooled = plot.main(dirs + ["--builds", str(tmp_path / "pooled")])
+        report.main(dirs + ["--lengths", str(tmp_path / "length")])
+    by_setting = pooled.main(dirs + ["--out", str(tmp_path / "pooled")])
     # pooled: build means 2, 1 -> 1.50; their variance 0.5 is below the seed noise of a build's mean, 2/2 and
     # 2/2 -> 1, which is the floor: ± 2 * sqrt(1 / 2) = 1.41; sigma_build = 0; sigma_seed = sqrt(mean(2, 2))
-    assert pooled["8–15 free EOS"] == pytest.approx((1.5, 2 ** 0.5, 2))
+    assert by_setting["8–15 free EOS"] == pytest.approx((1.5, 2 ** 0.5, 2))
     md = (tmp_path / "pooled.md").read_text()
     assert "| 8–15 free EOS | seed 4, aaaaaaaa/bbbbbbbb | 2 | +2.00 ± 2.00 (2/2) |" in md
     assert "| 8–15 free EOS | cccccccc/dddddddd | 2 | +1.00 ± 2.00 (1/2) |" in md
@@ -211,7 +217,7 @@ def test_builds_are_pooled_only_when_asked(tmp_path):
             "σ_build 0.00, σ_seed 1.41 |") in md
     assert (tmp_path / "pooled.png").read_bytes()[:8] == PNG
     with pytest.raises(SystemExit, match="two studies of setting 8–15 free EOS ran on build"):
-        plot.main(dirs + [dirs[0], "--builds", str(tmp_path / "pooled")])
+        pooled.main(dirs + [dirs[0], "--out", str(tmp_path / "pooled")])
 
 
 def test_horizon(tmp_path):
@@ -230,11 +236,11 @@ def test_horizon(tmp_path):
     # lambda 0.5: d = 5-1, 3-1 = 4, 2 -> +3.00 ± 2.00; the move from 0.95, paired: 1, 1 -> +1.00 ± 0.00
     # sparse's last lengths at 0.5: 4, 6 -> 5.0 ± 2 * sqrt(2) / sqrt(2)
     dirs = [lam_study("a", None, [2, 4], [5, 5], same), lam_study("b", 0.5, [1, 1], [5, 3], dict(sparse=[4, 6], abc=[20, 30]))]
-    points = plot.main(dirs + ["--horizon", str(tmp_path / "horizon")])
+    points = horizon.main(dirs + ["--out", str(tmp_path / "horizon")])
     assert [p[:3] for p in points["90–110 free EOS"]] == [(0.5, 3.0, 2.0), (0.95, 2.0, 2.0)]
     md = (tmp_path / "horizon.md").read_text()
     assert "| 90–110 free EOS | 0.5 | 2 | 1.00 | 4.00 | +3.00 ± 2.00 (2/2) | +1.00 ± 0.00 | 5.0 ± 2.0 / 25.0 ± 10.0 |" in md
     assert "| 90–110 free EOS | 0.95 | 2 | 3.00 | 5.00 | +2.00 ± 2.00 (2/2) | - | 10.0 ± 0.0 / 25.0 ± 10.0 |" in md
     assert (tmp_path / "horizon.png").read_bytes()[:8] == PNG
     with pytest.raises(SystemExit, match="two studies of setting 90–110 free EOS ran at λ 0.5"):
-        plot.main(dirs + [dirs[1], "--horizon", str(tmp_path / "horizon")])
+        horizon.main(dirs + [dirs[1], "--out", str(tmp_path / "horizon")])

@@ -196,7 +196,7 @@ def test_same_seed_repeats_and_resume_continues_exactly(tiny, tmp_path):
 
 
 def test_sparse_embedding_gradient_changes_no_result(tiny, tmp_path, monkeypatch):
-    # speed.py gives the tied embedding a sparse gradient, added into the head's dense one; the sums
+    # plumbing/speed.py gives the tied embedding a sparse gradient, added into the head's dense one; the sums
     # are the same up to float rounding, so the run is too.
     seen, real = [], speed.sparse_embedding_grad
     monkeypatch.setattr(speed, "sparse_embedding_grad", lambda policy: seen.append(real(policy) or

@@ -1,4 +1,6 @@
-"""The README's reading path points at the right lines of abc_ppo.py and reward.py."""
+"""The README's reading path points at the right lines of abc_ppo.py and reward.py: each range starts where
+its first named function or class starts and ends where its last one ends."""
+import ast
 import os
 import re
 
@@ -6,9 +8,10 @@ from conftest import ROOT
 
 
 def definitions(name):
-    """{function or class name: its line} in a top-level file, and the file's lines."""
-    code = open(os.path.join(ROOT, name)).read().splitlines()
-    return {m.group(2): i + 1 for i, line in enumerate(code) if (m := re.match(r"(def|class) (\w+)", line))}, code
+    """{top-level function or class name: (its first line, decorators included; its last line)} of a file."""
+    tree = ast.parse(open(os.path.join(ROOT, name)).read())
+    return {n.name: (min([n.lineno] + [d.lineno for d in n.decorator_list]), n.end_lineno) for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
 
 def test_reading_path_line_numbers_match_the_code():
@@ -17,11 +20,14 @@ def test_reading_path_line_numbers_match_the_code():
     rows = [row for row in path.splitlines() if row.startswith("| ") and "lines" in row and "lines 1–" not in row]
     assert len(rows) >= 10
     for row in rows:
-        defined, _ = definitions("reward.py" if "`reward.py`" in row else "abc_ppo.py")
+        defined = definitions("reward.py" if "`reward.py`" in row else "abc_ppo.py")
         first, last = map(int, re.search(r"lines (\d+)–(\d+)", row).groups())
-        where = row.split("|")[2]  # the "where" column names what the lines hold
+        where = row.split("|")[2]  # the "where" column names what the lines hold, in order
         names = [n for n in re.findall(r"`(\w+)`", where) if n in defined]
-        assert names and all(first <= defined[n] <= last for n in names), row
-    _, code = definitions("abc_ppo.py")
+        assert names, row
+        assert all(first <= defined[n][0] and defined[n][1] <= last for n in names), row  # each inside
+        assert (first, last) == (defined[names[0]][0], defined[names[-1]][1]), row  # both ends exact
+    code = open(os.path.join(ROOT, "abc_ppo.py")).read().splitlines()
     assert "The masks" in code[int(re.search(r"one comment at line (\d+)", path).group(1)) - 1]
-    assert len(code) == int(re.search(r"§9 `main`, lines \d+–(\d+)", path).group(1))  # main runs to the end
+    doc_end = int(re.search(r"`abc_ppo.py` lines 1–(\d+)", path).group(1))
+    assert code[doc_end - 1] == '"""' and code[0].startswith('"""')  # the top docstring, whole

@@ -47,9 +47,9 @@ def squashed(w=W):
 def test_monte_carlo_converges_to_the_exact_values(monkeypatch):
     rm = squashed()
     comp = [[1, 3, 4, 6, 8, 10, 11, 2, 7, 9, 3, 1]]  # 12 tokens
-    monkeypatch.setattr(reward, "EXACT_UNITS", 12)
+    monkeypatch.setattr(plumbing.estimators, "EXACT_UNITS", 12)
     exact = values(rm, [[9]], comp)[0]
-    monkeypatch.setattr(reward, "EXACT_UNITS", 10)
+    monkeypatch.setattr(plumbing.estimators, "EXACT_UNITS", 10)
     err = {}
     for k in (1, 4, 16, 64, 256):
         runs = [values(rm, [[9]], comp, perms=k, generator=torch.Generator().manual_seed(seed))[0] for seed in range(4)]
@@ -64,7 +64,7 @@ def test_efficiency_symmetry_dummy(perms, monkeypatch):
     rm = squashed()
     comp = [[1, 4, 6, 5, 3], [6, 2, 1, 8, 5, 9, 4]]
     if perms:
-        monkeypatch.setattr(reward, "EXACT_UNITS", 2)
+        monkeypatch.setattr(plumbing.estimators, "EXACT_UNITS", 2)
     phi, v0, _, s, cm = values(rm, [[9], [3, 10]], comp, perms=perms or 8, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(phi.sum(1), s - v0, atol=1e-5, rtol=0)  # efficiency, exact or sampled
     credit = reward.shapley(s, phi, v0, cm.float(), 0.8)
@@ -77,7 +77,7 @@ def test_efficiency_symmetry_dummy(perms, monkeypatch):
 
 
 def test_the_seed_decides_the_sampled_credit(monkeypatch):
-    monkeypatch.setattr(reward, "EXACT_UNITS", 2)
+    monkeypatch.setattr(plumbing.estimators, "EXACT_UNITS", 2)
     run = lambda seed: values(squashed(), [[9]], [[1, 4, 6, 3, 8, 2]], perms=2,
                               generator=torch.Generator().manual_seed(seed))[0]
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))

@@ -1,4 +1,4 @@
-"""verl_reward.py against the real verl 0.9.1: the manager built by verl's own loaders from the
+"""tools/verl_reward.py against the real verl 0.9.1: the manager built by verl's own loaders from the
 overrides in docs/verl.md, run through verl's RewardLoopManager.compute_rm_score on a DataProto laid
 out as verl lays out a batch. verl lives in its own environment (requirements-verl.txt); without it
 these tests skip, and .ci/run runs them there."""
@@ -18,7 +18,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2
 
 from plumbing import mini
 import reward
-import plumbing.estimators
 
 needs_verl = pytest.mark.skipif(importlib.util.find_spec("verl") is None,
                                 reason="verl is not installed here; .ci/run runs this file in .venv-verl "
@@ -29,11 +28,11 @@ EOS_ROWS = (0, 3)  # these responses end with EOS, as a response that stopped do
 
 
 def test_import_without_verl_says_what_to_install():
-    code = "import sys; sys.modules['verl'] = None; import verl_reward"  # None in sys.modules: import verl fails
+    code = "import sys; sys.modules['verl'] = None; sys.path.insert(0, 'tools'); import verl_reward"  # None in sys.modules: import verl fails
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("ImportError: verl_reward.py needs verl 0.9.1")
+    assert last.startswith("ImportError: tools/verl_reward.py needs verl 0.9.1")
     assert "pip install -r requirements-verl.txt" in last
 
 
@@ -277,7 +276,7 @@ def test_the_rm_runs_off_the_event_loop(paths, shared, monkeypatch):
     # test_rm_scores_are_the_schemes_credit shows the rows are the same as before.
     import threading
 
-    threads, score = [], reward.score_completions  # verl loads verl_reward.py by path, but reward.py is this one
+    threads, score = [], reward.score_completions  # verl loads tools/verl_reward.py by path, but reward.py is this one
 
     def recording(*a, **k):
         threads.append(threading.get_ident())

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 try:
     from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 except ImportError as e:
-    raise ImportError(f"verl_reward.py needs verl 0.9.1 ({e}): python -m venv --system-site-packages .venv-verl "
+    raise ImportError(f"tools/verl_reward.py needs verl 0.9.1 ({e}): python -m venv --system-site-packages .venv-verl "
                       "&& .venv-verl/bin/pip install -r requirements-verl.txt") from None
 
 # verl loads this file by its path, not as a package module, so reward.py is not importable yet.
@@ -73,7 +73,7 @@ class ABCRewardManager(RewardManagerBase):
             raise ValueError("scheme red needs a decoder reward model, which scores every prefix; "
                              "this one is an encoder")
         # verl hands over the RM's tokenizer, loaded from the same path. Shared with the policy: the RM
-        # reads the policy's ids (rm_tok None); otherwise score_completions goes through text (retokenize.py).
+        # reads the policy's ids (rm_tok None); otherwise score_completions goes through text (plumbing/retokenize.py).
         self.rm_tok = reward_model_tokenizer or hf_tokenizer(copy_to_local(rm_cfg.model_path))
         if self.rm_tok.get_vocab() == tokenizer.get_vocab() and is_decoder(self.rm):
             self.rm_tok = None

@@ -29,7 +29,7 @@ def plot_horizon(outs, prefix, scheme="abc"):
     for out in outs:
         runs = load_runs(out)
         if scheme not in runs or "sparse" not in runs:
-            raise SystemExit(f"--horizon needs {scheme} and sparse runs in {out}")
+            raise SystemExit(f"horizon.py needs {scheme} and sparse runs in {out}")
         lam = float(study_flags(out).get("lam", REFERENCE_LAM))
         if lam in by_setting.setdefault(setting(out), {}):
             raise SystemExit(f"two studies of setting {setting(out)} ran at λ {lam:g}")
@@ -43,7 +43,7 @@ def plot_horizon(outs, prefix, scheme="abc"):
     for st, lams in by_setting.items():
         common = sorted(set.intersection(*({r["seed"] for r in runs[k]} for runs in lams.values() for k in (scheme, "sparse"))))
         if len(common) < 2:
-            raise SystemExit(f"--horizon needs at least 2 seeds that every λ of {st} ran")
+            raise SystemExit(f"horizon.py needs at least 2 seeds that every λ of {st} ran")
         mean, length = {}, {}  # (lam, scheme) -> array over the common seeds
         for lam, runs in lams.items():
             for k in (scheme, "sparse"):

@@ -46,7 +46,7 @@ def plot_builds(outs, prefix, scheme="abc"):
     for out in outs:
         runs = load_runs(out)  # one build per study (one_build)
         if scheme not in runs or "sparse" not in runs or not all(r["models"] for s in runs.values() for r in s):
-            raise SystemExit(f"--builds needs {scheme} and sparse runs with fingerprints in {out}")
+            raise SystemExit(f"pooled.py needs {scheme} and sparse runs with fingerprints in {out}")
         sparse = {r["seed"]: r["reward_mean"].mean() for r in runs["sparse"]}
         d = {r["seed"]: r["reward_mean"].mean() - sparse[r["seed"]] for r in runs[scheme] if r["seed"] in sparse}
         by_setting.setdefault(setting(out), {})
@@ -57,7 +57,7 @@ def plot_builds(outs, prefix, scheme="abc"):
     for st, builds in by_setting.items():  # the seeds every build of a setting ran: a balanced design
         common = sorted(set.intersection(*(set(d) for d in builds.values())))
         if len(common) < 2:
-            raise SystemExit(f"--builds needs at least 2 seeds that every build of {st} ran")
+            raise SystemExit(f"pooled.py needs at least 2 seeds that every build of {st} ran")
         by_setting[st] = {name: np.array([d[i] for i in common]) for name, d in builds.items()}
     lines = [f"| setting | build (seed, policy/RM fingerprint) | seeds | {scheme} − sparse ± 2 s.e. (seeds ahead) |",
              "|---|---|---|---|"]
