@@ -5,6 +5,7 @@ load_runs reads one study (OUT) as {scheme: [run per seed]}; summarise gives eac
 fingerprints) are never mixed (one_build). tools/report.py draws and tabulates them; each study's own
 analysis in studies/ reads them through here.
 """
+import argparse
 import glob
 import json
 import math
@@ -176,3 +177,13 @@ def setting(out):
     """A study's completion lengths and protocol, e.g. '90–110 forced'."""
     f = study_flags(out)
     return f"{f['gen_len'][0]}–{f['gen_len'][1]} " + ("forced" if f.get("min_new_tokens") else "free EOS")
+
+
+def analysis_main(analyse, doc, what, argv=None):
+    """The command line of a study's analysis script: `OUT [OUT ...] --out PREFIX` runs analyse(outs, prefix),
+    which writes PREFIX.md and PREFIX.png. doc: the script's docstring; what: the OUT folders it reads."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("out", nargs="+", help=what)
+    p.add_argument("--out", dest="prefix", required=True, metavar="PREFIX", help="writes PREFIX.md and PREFIX.png")
+    args = p.parse_args(argv)
+    return analyse(args.out, args.prefix)

@@ -2,7 +2,6 @@
 
     python studies/beta/beta.py studies/beta/beta-8-15/* studies/lengths/length-8-15 --out studies/beta/beta
 """
-import argparse
 import os
 import sys
 
@@ -13,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository's root
-from plumbing.runs import load_runs, mean_2se, one_build  # noqa: E402
+from plumbing.runs import analysis_main, load_runs, mean_2se, one_build  # noqa: E402
 
 PAPER_BETA = {0.0: 7.94, 0.1: 7.79, 0.2: 8.28, 0.3: 8.30, 0.4: 8.40, 0.5: 8.48, 0.6: 8.50, 0.7: 8.62, 0.8: 8.64,
               0.9: 8.72, 1.0: 8.80}  # mean reward over all steps, batch 8, 251 steps
@@ -61,11 +60,7 @@ def plot_beta(outs, prefix):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", nargs="+", help="studies holding abc (and sparse) runs with a config.json")
-    p.add_argument("--out", dest="prefix", required=True, metavar="PREFIX", help="writes PREFIX.md and PREFIX.png")
-    args = p.parse_args(argv)
-    return plot_beta(args.out, args.prefix)
+    return analysis_main(plot_beta, __doc__, "studies holding abc (and sparse) runs with a config.json", argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
     python studies/builds/horizon.py studies/builds/seed0/{,lam-0.5/,lam-1/}{8-15,forced-90-110,90-110} \
         --out studies/builds/seed0/horizon
 """
-import argparse
 import os
 import sys
 
@@ -14,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository's root
-from plumbing.runs import load_runs, mean_2se, one_build, setting, study_flags  # noqa: E402
+from plumbing.runs import analysis_main, load_runs, mean_2se, one_build, setting, study_flags  # noqa: E402
 
 REFERENCE_LAM = 0.95  # abc_ppo.py's default --lam, the one every other study ran
 
@@ -83,11 +82,7 @@ def plot_horizon(outs, prefix, scheme="abc"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", nargs="+", help="one study per setting and λ, each with sparse and abc runs")
-    p.add_argument("--out", dest="prefix", required=True, metavar="PREFIX", help="writes PREFIX.md and PREFIX.png")
-    args = p.parse_args(argv)
-    return plot_horizon(args.out, args.prefix)
+    return analysis_main(plot_horizon, __doc__, "one study per setting and λ, each with sparse and abc runs", argv)
 
 
 if __name__ == "__main__":

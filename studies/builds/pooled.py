@@ -3,7 +3,6 @@
     python studies/builds/pooled.py studies/builds/seed{0,5,13,14}/8-15 studies/builds/seed{0,5,13,14}/90-110 \
         studies/builds/seed{0,5,13,14}/forced-90-110 --out studies/builds/pooled
 """
-import argparse
 import json
 import math
 import os
@@ -16,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository's root
-from plumbing.runs import load_runs, mean_2se, setting, study_flags  # noqa: E402
+from plumbing.runs import analysis_main, load_runs, mean_2se, setting, study_flags  # noqa: E402
 
 def build_name(out, runs):
     """A build's label: the seed in its manifest where the run's --mini_dir still holds one, and the
@@ -102,11 +101,7 @@ def plot_builds(outs, prefix, scheme="abc"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("out", nargs="+", help="one study per build and setting, each with sparse and abc runs")
-    p.add_argument("--out", dest="prefix", required=True, metavar="PREFIX", help="writes PREFIX.md and PREFIX.png")
-    args = p.parse_args(argv)
-    return plot_builds(args.out, args.prefix)
+    return analysis_main(plot_builds, __doc__, "one study per build and setting, each with sparse and abc runs", argv)
 
 
 if __name__ == "__main__":
