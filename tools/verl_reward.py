@@ -56,10 +56,14 @@ class ABCRewardManager(RewardManagerBase):
             raise ValueError("ABCRewardManager needs reward.reward_model.enable=True, "
                              "reward.reward_model.enable_resource_pool=False and reward.custom_reward_function.path "
                              "set (see docs/verl.md)")
-        self.scheme, self.beta = kw.get("scheme", "abc"), float(kw.get("beta", 0.5))
-        self.score_eos = int(kw.get("score_eos", 0))  # 0: as verl's own RM path, which strips the EOS from the text
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"reward_kwargs.scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
+        # The flags reward.per_token_rewards reads, named as abc_ppo.py's are. score_eos 0: as verl's own RM
+        # path, which strips the EOS from the text.
+        self.flags = SimpleNamespace(reward=kw.get("scheme", "abc"), beta=float(kw.get("beta", 0.5)),
+                                     score_eos=int(kw.get("score_eos", 0)),
+                                     shapley_units=int(kw.get("shapley_units", 16)),
+                                     shapley_perms=int(kw.get("shapley_perms", 8)))
+        if self.flags.reward not in SCHEMES:
+            raise ValueError(f"reward_kwargs.scheme must be one of {', '.join(SCHEMES)}, got {self.flags.reward!r}")
         from transformers import AutoModelForSequenceClassification
 
         device = kw.get("device", "auto")
@@ -69,7 +73,7 @@ class ABCRewardManager(RewardManagerBase):
         self.rm = AutoModelForSequenceClassification.from_pretrained(
             copy_to_local(rm_cfg.model_path), dtype=torch.float32, attn_implementation=KERNEL
         ).to(self.device).eval().requires_grad_(False)
-        if self.scheme == "red" and not is_decoder(self.rm):
+        if self.flags.reward == "red" and not is_decoder(self.rm):
             raise ValueError("scheme red needs a decoder reward model, which scores every prefix; "
                              "this one is an encoder")
         # verl hands over the RM's tokenizer, loaded from the same path. Shared with the policy: the RM
@@ -77,13 +81,9 @@ class ABCRewardManager(RewardManagerBase):
         self.rm_tok = reward_model_tokenizer or hf_tokenizer(copy_to_local(rm_cfg.model_path))
         if self.rm_tok.get_vocab() == tokenizer.get_vocab() and is_decoder(self.rm):
             self.rm_tok = None
-        if self.scheme == "shapley" and self.rm_tok is not None:
+        if self.flags.reward == "shapley" and self.rm_tok is not None:
             raise ValueError("scheme shapley needs a decoder reward model that shares the policy's tokenizer: "
                              "it deletes the policy's tokens from the RM's input")
-        # The flags reward.per_token_rewards reads, as abc_ppo.py's are named.
-        self.flags = SimpleNamespace(reward=self.scheme, beta=self.beta, score_eos=self.score_eos,
-                                     shapley_units=int(kw.get("shapley_units", 16)),
-                                     shapley_perms=int(kw.get("shapley_perms", 8)))
         self.gen = torch.Generator().manual_seed(int(kw.get("seed", 0)))  # shapley's orders, one stream per worker
 
     @torch.no_grad()
