@@ -8,7 +8,7 @@ attention a_t from the scoring position over the completion tokens:
     r_t = beta * score * a_t + (1 - beta) * score * [t = last] - kl_coef * (log p(y_t) - log p_ref(y_t))
 
 Read top to bottom: arguments, data, models and value head, rollout, policy forward, GAE, PPO loss,
-one PPO step, training loop. reward.py is the reward side: the schemes, the one call that picks one,
+one PPO step, evaluation, training loop. reward.py is the reward side: the schemes, the one call that picks one,
 and the RM's forward pass. What a first reading may skip lives in plumbing/ (presets and flag checks,
 checkpoints, the attention-row kernel, the estimators, CPU speed settings, the credit views); in main,
 the lines that are scaffolding rather than the algorithm say so.
@@ -32,7 +32,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig
 
 import reward
-from plumbing import checkpoints, credit, estimators, mini, presets, speed
+from plumbing import checkpoints, credit, estimators, evaluation, mini, presets, speed
 from plumbing.attention import KERNEL, attention_rows, completion_attention
 from plumbing.models import is_decoder, positions
 
@@ -70,17 +70,21 @@ def parse_args(argv=None):
     g.add_argument("--vf_coef", type=float, default=0.1, help="value loss weight")
     g = p.add_argument_group("KL and GAE")
     g.add_argument("--init_kl_coef", type=float, default=0.2, help="initial KL penalty coefficient")
+    g.add_argument("--kl_coef", type=float, metavar="C",
+                   help="hold the KL coefficient fixed at C, the adaptive controller off (as for a reward-KL frontier)")
     g.add_argument("--target_kl", type=float, default=6.0, help="adaptive KL controller target")
     g.add_argument("--kl_horizon", type=float, default=10000, help="adaptive KL controller horizon")
     g.add_argument("--gamma", type=float, default=1.0, help="discount")
     g.add_argument("--lam", type=float, default=0.95, help="GAE lambda")
     g = p.add_argument_group("credit schemes (reward.py)")
     g.add_argument("--reward", default="abc", choices=reward.SCHEMES, help="the credit scheme")
-    g.add_argument("--beta", type=float, default=0.5, help="abc, abcd, shapley: share of the score spread as credit")
+    g.add_argument("--beta", type=float, default=0.5, help="abc, abcd, shapley, ig: share of the score spread as credit")
     g.add_argument("--shapley_units", type=int, default=16, metavar="M",
                    help="shapley: players per completion, its tokens up to M, else M contiguous spans")
     g.add_argument("--shapley_perms", type=int, default=8, metavar="K",
                    help=f"shapley: above {estimators.EXACT_UNITS} units, K random orders, each with its reverse")
+    g.add_argument("--ig_steps", type=int, default=16, metavar="M",
+                   help="ig: points of the midpoint rule, each an RM pass forward and backward (1: one gradient)")
     g = p.add_argument_group("run and output")
     g.add_argument("--seed", type=int, default=0, help="a CPU run with the same seed repeats exactly")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if there is one")
@@ -90,6 +94,12 @@ def parse_args(argv=None):
     g.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
     g.add_argument("--log_samples", type=int, default=0, metavar="N",
                    help="log N completions a step with their credit: samples.jsonl, credit.html")
+    g.add_argument("--eval_every", type=int, default=20, metavar="E",
+                   help="evaluate before the first update, every E steps and after the last: eval.jsonl (0: off)")
+    g.add_argument("--eval_prompts", type=int, default=64, metavar="N", help="evaluation: fixed prompts, the same every run")
+    g.add_argument("--eval_samples", type=int, default=2, metavar="K", help="evaluation: completions of each prompt")
+    g.add_argument("--gold_rm", help="evaluation's gold judge, a sequence classifier the policy never trains against "
+                                     "(mini: MINI_DIR/gold_rm where the build has one)")
     g.add_argument("--explain", metavar="TEXT", help="print each scheme's credit for each token of TEXT, then exit")
     g.add_argument("--faithfulness", type=int, metavar="N",
                    help="print how each scheme's credit matches occlusion on N texts, then exit")
@@ -97,11 +107,11 @@ def parse_args(argv=None):
 
 
 # 2. Data: review openings as prompts. -------------------------------------------------------------
-def sample_prompts(texts, tok, args, data_rng, device="cpu"):
-    """B = --batch_size random review openings, row b cut to a length drawn from --prompt_len (MIN..MAX)
+def sample_prompts(texts, tok, args, data_rng, device="cpu", B=None):
+    """B (default --batch_size) random review openings, row b cut to a length drawn from --prompt_len (MIN..MAX)
     and left-padded for generation, and each row's completion length drawn from --gen_len (MIN..MAX).
     Returns ids [B, P], prompt_mask [B, P] and completion lengths [B], on device."""
-    B, prompt_len, gen_len = args.batch_size, args.prompt_len, args.gen_len
+    B, prompt_len, gen_len = B or args.batch_size, args.prompt_len, args.gen_len
     prompt_lens = torch.randint(prompt_len[0], prompt_len[1] + 1, (B,), generator=data_rng)
     lengths = torch.randint(gen_len[0], gen_len[1] + 1, (B,), generator=data_rng)
     idx = torch.randint(len(texts), (B,), generator=data_rng).tolist()
@@ -114,18 +124,21 @@ def sample_prompts(texts, tok, args, data_rng, device="cpu"):
     return input_ids.to(device), prompt_mask.to(device), lengths.to(device)
 
 
-# 3. Models: policy, frozen reference, reward model; then the value head. --------------------------
+# 3. Models: policy, frozen reference, reward model, gold judge; then the value head. ---------------
 class Models(NamedTuple):
     tok: object  # the policy's tokenizer
     policy: torch.nn.Module  # the causal LM being trained
     ref: torch.nn.Module  # a frozen copy of it, the KL reference
-    rm: torch.nn.Module  # the frozen reward model, a sequence classifier
+    rm: torch.nn.Module  # the frozen reward model, a sequence classifier: the proxy PPO optimises
     rm_tok: object  # the RM's own tokenizer, or None when it shares the policy's
+    gold: torch.nn.Module = None  # the gold RM that evaluation reads and training never does, or None
+    gold_tok: object = None  # its own tokenizer, or None when it shares the policy's
 
 
 def load_models(args, device):
-    """The policy, a frozen copy of it as the KL reference, and the frozen reward model, all in eval
-    mode: with dropout on, the PPO ratio would leave 1 on the first update from noise alone."""
+    """The policy, a frozen copy of it as the KL reference, the frozen reward model and, for evaluation,
+    the frozen gold RM, all in eval mode: with dropout on, the PPO ratio would leave 1 on the first update
+    from noise alone."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -144,7 +157,13 @@ def load_models(args, device):
     if rm_tok.get_vocab() == tok.get_vocab() and is_decoder(rm):
         rm_tok = None  # shared tokenizer: the RM reads the policy's token ids directly (the fast path)
     presets.check_models(args, policy, rm, rm_tok)  # what the schemes need of the RM, labels, positions, logits
-    return Models(tok, policy, ref, rm, rm_tok)
+    if not (args.eval_every and args.gold_rm):
+        return Models(tok, policy, ref, rm, rm_tok)
+    gold = presets.load("gold reward model", AutoModelForSequenceClassification, args.gold_rm,
+                        **kw).to(device).eval().requires_grad_(False)
+    gold_tok = presets.load_tokenizer(args.gold_rm)
+    shares = gold_tok.get_vocab() == tok.get_vocab() and is_decoder(gold)
+    return Models(tok, policy, ref, rm, rm_tok, gold, None if shares else gold_tok)
 
 
 class ValueHead(torch.nn.Linear):
@@ -279,6 +298,17 @@ def explained_variance(returns, values, mask):
     return (1 - masked_var(returns - values, mask) / masked_var(returns, mask)).item()
 
 
+class FixedKL:
+    """--kl_coef C: kl_coef = C throughout, the setting of a reward-KL frontier (Gao et al. 2023), where each
+    run's KL is the outcome of its coefficient rather than the controller's target."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def update(self, kl, n):
+        pass
+
+
 class AdaptiveKL:
     """Ziegler et al. (2019): kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
 
@@ -382,7 +412,40 @@ def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
     return {key: sum(u[key] for u in updates) / len(updates) for key in updates[0]}
 
 
-# 9. Training loop. --------------------------------------------------------------------------------
+# 9. Evaluation: the gold RM's score against the KL from the reference, on fixed prompts. -----------
+@torch.no_grad()
+def evaluate(args, models, prompts, autocast, seed):
+    """The field's reading of a run (Gao, Schulman, Hilton 2023): K = --eval_samples completions of each
+    fixed prompt, sampled from pi as in training, scored by the proxy RM that PPO optimises and by a gold
+    RM that it never sees, and the sequence KL
+        KL(pi || pi_ref) = E_{y ~ pi} sum_t (log pi(y_t) - log pi_ref(y_t)),
+    estimated without bias by its mean over the samples. In chunks of 64 completions (generation pays per
+    token, not per row, on a small model; the vocabulary's log-softmax bounds the chunk), on a random stream
+    of its own (seed), so that training's is untouched. Returns what evaluation.Evaluation.write records."""
+    t0 = time.perf_counter()
+    ids, mask, lengths = (x.repeat_interleave(args.eval_samples, 0) for x in prompts)  # [N K, P], [N K, P], [N K]
+    G, P = int(lengths.max()), ids.shape[1]
+    seqs, comp_masks, proxy, gold, kl = [], [], [], [], []
+    with evaluation.own_stream(seed, ids.device):
+        for chunk in torch.arange(len(ids)).split(64):
+            with autocast:
+                seq, comp_mask = rollout(models.policy, models.tok, ids[chunk], mask[chunk], lengths[chunk],
+                                         args.min_new_tokens)
+                attn_mask = torch.cat([mask[chunk], comp_mask], 1)
+                logp_diff = forward(models.policy, None, seq, attn_mask, P).logp - forward(models.ref, None, seq, attn_mask, P).logp
+            kl.append((logp_diff * comp_mask).sum(1))  # [chunk]: each completion's log pi / pi_ref
+            proxy.append(reward.score_completions(models.rm, models.rm_tok, models.tok, seq, mask[chunk], comp_mask,
+                                                  args.score_eos)[0])
+            if models.gold is not None:
+                gold.append(reward.score_completions(models.gold, models.gold_tok, models.tok, seq, mask[chunk],
+                                                     comp_mask, args.score_eos)[0])
+            seqs.append(F.pad(seq, (0, P + G - seq.shape[1]), value=models.tok.pad_token_id))  # a chunk may stop early
+            comp_masks.append(F.pad(comp_mask, (0, G - comp_mask.shape[1])))
+    return dict(seq=torch.cat(seqs), comp_mask=torch.cat(comp_masks), proxy=torch.cat(proxy),
+                gold=torch.cat(gold) if gold else None, kl=torch.cat(kl), seconds=time.perf_counter() - t0)
+
+
+# 10. Training loop. --------------------------------------------------------------------------------
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -404,8 +467,13 @@ def main(argv=None):
     speed.tune(models.policy, models.ref)  # scaffolding: CPU speed settings (docs/speed.md)
     value_head = ValueHead(models.policy.config.hidden_size).to(device)
     opt = torch.optim.Adam(list(models.policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
-    kl_ctl = AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
+    kl_ctl = FixedKL(args.kl_coef) if args.kl_coef is not None else AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
     start = checkpoints.resume(args.out_dir, logs, models, value_head, opt, kl_ctl, data_rng, credit_rng) if args.resume else 0
+    # Evaluation's fixed prompts, each with its completion length, from a stream of their own; eval.jsonl.
+    eval_prompts = sample_prompts(texts, models.tok, args, evaluation.prompt_stream(), device, args.eval_prompts)
+    evals = evaluation.Evaluation(args, eval_prompts, models.tok, start, models.gold is not None)  # scaffolding
+    if start == 0 and args.eval_every:  # before the first update: the reference policy itself, at KL 0
+        evals.write(0, **evaluate(args, models, eval_prompts, autocast, evals.seed(0)))
 
     with checkpoints.StopOnSignal() as stop:  # scaffolding: SIGTERM or SIGINT finish the step, save, exit
         bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=args.reward)
@@ -437,11 +505,15 @@ def main(argv=None):
                        completion_len=comp_mask.sum(1).float().mean().item(), rm_rows=exp.rm_rows,
                        time_generate=t1 - t0, time_score=t2 - t1, time_optimize=t3 - t2)
             logs.write(row, models.tok, exp)
+            evals.count(row)
+            if evals.due(step + 1):  # --- Evaluate: the gold RM and the KL on the fixed prompts, every E steps
+                evals.write(step + 1, **evaluate(args, models, eval_prompts, autocast, evals.seed(step + 1)))
             bar.set_postfix(reward=f"{row['reward_mean']:.2f}", kl=f"{mean_kl:.2f}")
             if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop.signum:
                 checkpoints.save(args.out_dir, step, models, value_head, opt, kl_ctl, data_rng, credit_rng)
             stop.exit_if_signalled(step, bar)  # scaffolding: a signal came during the step; it is saved, now go
     logs.close()
+    evals.close()
 
 
 if __name__ == "__main__":

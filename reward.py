@@ -8,7 +8,7 @@ per-token reward r [B, T] over the T completion columns, with
 Read in order: the schemes, each with its formula; `per_token_rewards`, the one place that picks a scheme
 by its --reward name; `score`, the RM's one forward pass that gives the score and every signal the free
 schemes read. What a first reading may skip lives in plumbing/: the attention-row kernel (attention.py),
-the Shapley coalitions (estimators.py), an RM with a tokenizer of its own (retokenize.py).
+the Shapley coalitions and the integrated gradients' passes (estimators.py), an RM with a tokenizer of its own (retokenize.py).
 """
 import torch
 import torch.nn.functional as F
@@ -89,15 +89,30 @@ def shapley(score, phi, v_empty, mask, beta):
     return beta * (phi.float() * mask + v_empty.float()[:, None] * last_token(mask)) + (1 - beta) * sparse(score, mask)
 
 
+def ig(score, phi, v_zero, mask, beta):
+    """Integrated-gradients credit: phi [B, T] holds each completion token's integrated gradient of the RM's
+    score with respect to its input embedding, from the baseline 0 (estimators.integrated_gradients), the
+    continuous counterpart of `shapley`'s phi; v_zero [B] is the score with the completion's embeddings
+    zeroed. The m-point rule misses eps = score - v_zero - sum_t phi_t; it goes to the last token with
+    v_zero, so that rows sum to the score:
+        r_t = beta * (phi_t + (v_zero + eps) * [t = last]) + (1 - beta) * score * [t = last].
+    Signed, as shapley's, at m forward and m backward RM passes instead of thousands of coalitions.
+    """
+    phi = phi.float() * mask
+    eps = score.float() - v_zero.float() - phi.sum(1)  # [B]
+    return beta * (phi + (v_zero.float() + eps)[:, None] * last_token(mask)) + (1 - beta) * sparse(score, mask)
+
+
 # The dispatch ----------------------------------------------------------------------------------------
-SCHEMES = ("sparse", "uniform", "abc", "red", "abcd", "shapley")  # --reward's choices
+SCHEMES = ("sparse", "uniform", "abc", "red", "abcd", "shapley", "ig")  # --reward's choices
 READS_POLICY_ATTENTION = ("abcd",)  # the schemes whose credit needs the policy's attention
+USES_BETA = ("abc", "abcd", "shapley", "ig")  # the schemes that blend their credit with sparse by --beta
 
 
 def per_token_rewards(args, models, seq, prompt_mask, comp_mask, policy_attention=None, generator=None):
     """The RM's score [B], the credit r_t [B, G] of the scheme that args.reward names (before the KL
     penalty), and how many sequences the RM scored: the one place where the schemes differ.
-    args: the flags reward, beta, score_eos, shapley_units, shapley_perms. models: tok, rm and rm_tok
+    args: the flags reward, beta, score_eos, shapley_units, shapley_perms, ig_steps. models: tok, rm and rm_tok
     (abc_ppo.Models). policy_attention [B, G, G]: the policy's, for READS_POLICY_ATTENTION. generator:
     for a scheme that samples (shapley's orders)."""
     s, attention, prefix_scores = score_completions(models.rm, models.rm_tok, models.tok, seq, prompt_mask, comp_mask,
@@ -118,6 +133,10 @@ def per_token_rewards(args, models, seq, prompt_mask, comp_mask, policy_attentio
         phi, v_empty, coalitions = estimators.shapley_values(models.rm, seq, prompt_mask, rm_mask, s, args.shapley_units,
                                                              args.shapley_perms, generator)  # [B, G], [B]
         credit, rm_rows = shapley(s, phi, v_empty, mask, args.beta), rm_rows + coalitions
+    elif args.reward == "ig":  # by each token's integrated gradient; the RM runs m points forward and backward
+        rm_mask = read_mask(models.tok, seq, prompt_mask.shape[1], comp_mask, args.score_eos)
+        phi, v_zero, rows = estimators.integrated_gradients(models.rm, seq, prompt_mask, rm_mask, args.ig_steps)
+        credit, rm_rows = ig(s, phi, v_zero, mask, args.beta), rm_rows + rows
     else:
         raise ValueError(f"unknown reward scheme {args.reward!r}")
     return s, credit, rm_rows

@@ -118,12 +118,13 @@ ax.set(title="RM last-layer attention (mean over heads); bottom row: from the sc
 show(fig, "attention.png")
 
 # %% [markdown]
-# ## 3. Six schemes' credit for the same completion
+# ## 3. Seven schemes' credit for the same completion
 # `reward.per_token_rewards` is the one place where the schemes differ. sparse puts the whole
 # score on the last token, uniform spreads it evenly, abc spreads a share beta by the RM's attention,
 # red gives each token what it adds to the score (the sum is score - s_0), abcd uses the policy's
-# own attention, and shapley each token's Shapley value, from the RM's score of every coalition of
-# the completion's tokens (the one scheme that costs more RM passes).
+# own attention, shapley each token's Shapley value, from the RM's score of every coalition of
+# the completion's tokens, and ig its integrated gradient, from m RM passes forward and backward with the
+# completion's embeddings scaled from 0 to 1 (the two schemes that cost more RM passes).
 
 # %%
 mask = comp_mask.float()
@@ -132,7 +133,8 @@ credits, rm_rows = {}, {}
 for n in reward.SCHEMES:
     _, c, rm_rows[n] = reward.per_token_rewards(flags(reward=n), models, seq, prompt_mask, comp_mask, paid)
     credits[n] = c[0]
-print(f"shapley: {rm_rows['shapley'] - 1} coalitions scored by the RM, besides the one pass the other schemes need")
+print(f"shapley: {rm_rows['shapley'] - 1} coalitions scored by the RM, besides the one pass the other schemes need; "
+      f"ig: {rm_rows['ig'] - 1} rows, {args.ig_steps} of them with a backward pass")
 print(f"{'token':14}" + "".join(f"{n:>9}" for n in credits))
 for t, w in enumerate(words(ids[P:])):
     print(f"{w!r:14}" + "".join(f"{c[t]:+9.3f}" for c in credits.values()))
@@ -140,7 +142,7 @@ print(f"{'sum':14}" + "".join(f"{c.sum():+9.3f}" for c in credits.values()))
 fig, ax = plt.subplots(figsize=(10, 3.5))
 G = mask.shape[1]
 for i, (n, c) in enumerate(credits.items()):
-    ax.bar(torch.arange(G) + (i - 2) * 0.16, c, width=0.16, label=n)
+    ax.bar(torch.arange(G) + (i - 3) * 0.12, c, width=0.12, label=n)
 ax.set_xticks(range(G), words(ids[P:]), rotation=45)
 ax.axhline(0, color="k", lw=0.8)
 ax.set(ylabel="credit r_t (no KL term)", title=f"Per-token credit, beta = {args.beta}")

@@ -27,7 +27,7 @@ import sys
 import torch
 
 from plumbing.attention import attention_paid, attention_row, attention_rows, completion_attention
-from plumbing.estimators import kept_scores, shapley_values
+from plumbing.estimators import integrated_gradients, kept_scores, shapley_values
 from plumbing.models import is_decoder, last_index, logit_score, positions
 from plumbing.presets import fail, load_texts
 
@@ -102,8 +102,9 @@ def encode(tok, texts, k, max_len):
 @torch.no_grad()
 def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None, shapley=True):
     """{scheme: (mean rank correlation, top-1 agreement)} against occlusion, for sparse, uniform,
-    abc with each layer's attention, red, abcd when a policy sharing `tok` is given, and |phi| of
-    shapley (its default units and orders, orders seeded 0) unless shapley=False. Any attention
+    abc with each layer's attention, red, abcd when a policy sharing `tok` is given, |phi| of ig (its
+    default 16 steps), and |phi| of shapley (its default units and orders, orders seeded 0) unless
+    shapley=False. Any attention
     kernel will do: the rows are read through reward.attention_rows."""
     device = next(rm.parameters()).device
     ids, mask = (x.to(device) for x in encode(tok, texts, k, max_len))
@@ -116,6 +117,7 @@ def faithfulness(rm, tok, texts, k=3, max_len=15, policy=None, shapley=True):
     credit["red"] = ((scores[:, k:] - scores[:, k - 1:-1]) * comp).abs()  # |s_t - s_{t-1}| (reward.red)
     if policy is not None:  # the ranking of reward.abcd at beta 1, which only rescales this row
         credit["abcd"] = attention_paid(policy_attention(policy, ids, mask, k), comp)
+    credit["ig"] = integrated_gradients(rm, ids, mask[:, :k], mask[:, k:])[0].abs()
     if shapley:
         s = scores[torch.arange(len(ids)), last_index(mask)]
         phi, _, _ = shapley_values(rm, ids, mask[:, :k], mask[:, k:], s, generator=torch.Generator().manual_seed(0))
@@ -186,14 +188,14 @@ def explain(args, models, device, schemes):
     prompt_mask, comp_mask = torch.ones(1, k, dtype=torch.long, device=device), torch.ones_like(seq[:, k:])
     s, _, prefix_scores = schemes.score_completions(models.rm, models.rm_tok, tok, seq, prompt_mask, comp_mask,
                                                     args.score_eos)
-    # red needs a decoder RM; shapley one that shares the policy's tokenizer, which deletes the policy's tokens
+    # red needs a decoder RM; shapley and ig one that shares the policy's tokenizer, whose tokens they delete or scale
     names = [n for n in schemes.SCHEMES
-             if not (n == "red" and prefix_scores is None or n == "shapley" and models.rm_tok is not None)]
+             if not (n == "red" and prefix_scores is None or n in ("shapley", "ig") and models.rm_tok is not None)]
     paid = policy_attention(models.policy, seq, torch.ones_like(seq), k)  # [1, G, G]
     cols = {n: schemes.per_token_rewards(argparse.Namespace(**vars(args) | dict(reward=n)), models, seq, prompt_mask,
                                          comp_mask, paid, torch.Generator().manual_seed(args.seed))[1][0].tolist()
             for n in names}
-    heads = [f"{n} b={args.beta:g}" if n in ("abc", "abcd", "shapley") else n for n in names]
+    heads = [f"{n} b={args.beta:g}" if n in schemes.USES_BETA else n for n in names]
     top = max(abs(v) for c in cols.values() for v in c)
     tty = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     print(f"prompt {tok.decode(ids[:k])!r}   RM score {s.item():+.3f}"

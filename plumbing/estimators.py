@@ -1,5 +1,5 @@
 """The attribution estimators that a scheme's formula in reward.py calls: the batched reward-model passes
-behind Shapley credit (every coalition of a completion, or sampled orders).
+behind Shapley credit (every coalition of a completion, or sampled orders) and behind integrated gradients.
 """
 import math
 
@@ -96,3 +96,42 @@ def shapley_values(rm, seq, prompt_mask, rm_mask, score, max_units=16, perms=8, 
             v_empty[b] = v[0, 0]
         phi[b, tokens] = phi_u[u] / torch.bincount(u)[u]  # a span's value, split evenly over its tokens
     return phi.to(seq.device), v_empty.to(seq.device), len(owner)
+
+
+def integrated_gradients(rm, seq, prompt_mask, rm_mask, steps=16, chunk_tokens=8192):
+    """Each completion token's integrated gradient (Sundararajan, Taly, Yan 2017; the Aumann-Shapley
+    value of the game in which token t's input embedding e_t is scaled to alpha * e_t, baseline b = 0):
+        phi_t = e_t . (1/m) sum_{k=1..m} grad_{e_t} s(alpha_k),   alpha_k = (k - 1/2) / m   (midpoint rule)
+    where s(alpha) is the decoder RM's score, read at the last token it reads, with every completion token's
+    embedding scaled by alpha; the prompt's embeddings and all position embeddings stay as they are.
+    v_0 = s(0) is the score with the completion's embeddings zeroed. m = 1 is the one-backward Taylor
+    estimate, phi_t = e_t . grad s(1/2). Completeness, sum_t phi_t = s(1) - v_0, holds as m grows; what the
+    rule misses is left to the caller (reward.ig). All m points of the batch go through the RM together,
+    in chunks of about chunk_tokens tokens, with gradients for the input embeddings only.
+    seq [B, P+G] (prompt left-padded), prompt_mask [B, P], rm_mask [B, G] (the tokens the RM reads).
+    Returns phi [B, G], v_0 [B] and the number of rows the RM ran (B m with a backward, and B)."""
+    B, P = prompt_mask.shape
+    attn_mask = torch.cat([prompt_mask, rm_mask], 1)  # [B, L]
+    position_ids, last = positions(attn_mask), last_index(attn_mask)  # [B, L], [B]
+    scaled = torch.cat([torch.zeros_like(prompt_mask), rm_mask], 1).float()[..., None]  # [B, L, 1]: the completion's
+    embeds = rm.get_input_embeddings()(seq).detach().float()  # [B, L, H] e, before the position embeddings
+
+    def scores(x, rows):  # the RM's score of input embeddings x [n, L, H] for batch rows `rows` [n]
+        h = rm.base_model(inputs_embeds=x, attention_mask=attn_mask[rows], position_ids=position_ids[rows]).last_hidden_state
+        return logit_score(rm.score(h[torch.arange(len(rows)), last[rows]]))  # [n]
+
+    with torch.no_grad():
+        v_zero = scores(embeds * (1 - scaled), torch.arange(B, device=seq.device))  # [B]
+    alphas = (torch.arange(steps, dtype=torch.float32, device=seq.device) + 0.5) / steps  # [m]
+    rows = torch.arange(B, device=seq.device).repeat_interleave(steps)  # [B m]: row b's m points together
+    alpha = alphas.repeat(B)[:, None, None]  # [B m, 1, 1]
+    grads = torch.zeros_like(embeds)  # [B, L, H]: the sum over the m points
+    n = max(1, chunk_tokens // seq.shape[1])
+    with torch.enable_grad():  # experience() runs under no_grad; the RM's weights stay frozen
+        for i in range(0, len(rows), n):
+            r, a = rows[i:i + n], alpha[i:i + n]
+            x = (embeds[r] * (1 - scaled[r] + a * scaled[r])).requires_grad_(True)  # b + alpha (e - b) on the completion
+            (grad,) = torch.autograd.grad(scores(x, r).sum(), x)  # rows are independent: the sum's gradient is each row's
+            grads.index_add_(0, r, grad)
+    phi = ((embeds * grads / steps).sum(-1) * scaled[..., 0])[:, P:]  # [B, G]
+    return phi.detach(), v_zero.float(), B * steps + B

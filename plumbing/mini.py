@@ -57,10 +57,15 @@ LM_REVIEWS = (12, 24)
 # the policy), then trained on paragraphs of 1..10 reviews, so that it reads 160-token completions.
 # Chosen among candidates by the rule in docs/mini.md alone, before any PPO run.
 RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 10), 1200, 5e-4
+# The gold RM, the judge evaluation reads and PPO never trains against: a classifier of the policy's
+# size, fine-tuned as the RM is, from the start GOLD_INIT ("reviews": an LM pretrained on single reviews;
+# "paragraphs": on the policy's paragraphs; "policy": the policy itself) for GOLD_STEPS steps. Chosen
+# among four candidates by the rule in docs/mini.md, committed before any was built.
+GOLD_INIT, GOLD_STEPS, GOLD_REVIEWS = "reviews", 2400, RM_REVIEWS
 # Bumped whenever build() changes what it makes, so that a cache from an older recipe is rebuilt.
-RECIPE = 3
+RECIPE = 4  # 4: the gold RM; the policy and the RM are recipe 3's
 LONG = 160  # the longest completion the preset is built for
-MODELS = ("policy", "reward_model")
+MODELS = ("policy", "reward_model")  # and "gold_rm" where a build has one
 
 
 def read_reviews(path):
@@ -221,6 +226,64 @@ def reward_model(lm, tok, n_layer=RM_LAYERS):
     return rm
 
 
+def splits(texts, labels, seed=0):
+    """The training split, the held-out reviews (by hash), and 200 held-out paragraphs of 12-14 same-label
+    reviews for the long accuracy: lists of (text, label)."""
+    held = heldout(texts)
+    train = [(t, l) for t, l, h in zip(texts, labels, held) if not h]
+    test = [(t, l) for t, l, h in zip(texts, labels, held) if h]
+    rng = random.Random(seed)
+    return train, test, [paragraphs(*zip(*test), rng, (12, 14), 1)[0] for _ in range(200)]
+
+
+def train_gold(tok, train, policy, seed=0, lm_steps=400, init=GOLD_INIT, steps=GOLD_STEPS, reviews=GOLD_REVIEWS):
+    """The gold RM: `reward_model` with all the policy's blocks, started from `init` (see GOLD_INIT), then
+    `train_rm` for `steps` on the training split, on a random stream of its own (seed + 2), drawn after
+    the policy and the RM are made, so that neither changes."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(seed + 2)
+    if init == "policy":
+        base = policy
+    else:
+        base = pretrain_lm(GPT2LMHeadModel(policy.config), tok, *zip(*train), steps=lm_steps, seed=seed + 2,
+                           n_reviews=dict(reviews=(1, 1), paragraphs=LM_REVIEWS)[init])
+    return train_rm(reward_model(base, tok, policy.config.n_layer), tok, *zip(*train), steps=steps, seed=seed + 2,
+                    n_reviews=reviews)
+
+
+def gold_record(gold, tok, test, long_test, long_len):
+    """The manifest's lines on the gold: its held-out accuracies, beside the RM's, and its recipe."""
+    return dict(gold_init=GOLD_INIT, gold_steps=GOLD_STEPS, gold_heldout_accuracy=round(accuracy(gold, tok, *zip(*test)), 4),
+                gold_long_accuracy=round(accuracy(gold, tok, *zip(*long_test), max_tokens=3 + long_len), 4),
+                gold_params=sum(p.numel() for p in gold.parameters()))
+
+
+def add_gold(out):
+    """Train the gold RM into an existing build at `out` (the committed reference, made before the gold
+    existed), from the build's own tokenizer, policy and corpus; the policy and the RM are untouched.
+    One thread, as `build`. Returns the updated manifest."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = check(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(os.path.join(out, "policy"))
+    policy = AutoModelForCausalLM.from_pretrained(os.path.join(out, "policy"), dtype=torch.float32)
+    long_len = min(LONG, manifest["size"]["n_positions"] - 4)
+    train, test, long_test = splits(*read_reviews(os.path.join(HERE, manifest["data"])), manifest["seed"])
+    gold = train_gold(tok, train, policy, manifest["seed"])
+    torch.set_num_threads(threads)
+    gold.save_pretrained(os.path.join(out, "gold_rm"))
+    tok.save_pretrained(os.path.join(out, "gold_rm"))
+    # What recipe 4 builds: recipe 3's policy and RM, and the gold.
+    manifest |= gold_record(gold, tok, test, long_test, long_len) | dict(recipe=RECIPE, gold_cpu=cpu_name())
+    manifest["fingerprints"]["gold_rm"] = fingerprint(os.path.join(out, "gold_rm"))
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
 def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, size=SIZE, rm_layers=RM_LAYERS,
           lm_reviews=LM_REVIEWS, rm_reviews=RM_REVIEWS):
     """Train tokenizer, policy and reward model on `data`; measure how early the policy's samples
@@ -239,9 +302,8 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     texts, labels = read_reviews(data)
-    held = heldout(texts)
-    train = [(t, l) for t, l, h in zip(texts, labels, held) if not h]
-    test = [(t, l) for t, l, h in zip(texts, labels, held) if h]
+    long_len = min(LONG, size["n_positions"] - 4)
+    train, test, long_test = splits(texts, labels, seed)
     tok = train_tokenizer([t for t, _ in train])
     lm = pretrain_lm(GPT2LMHeadModel(gpt2_config(tok, **size)), tok, *zip(*train), steps=lm_steps, seed=seed,
                      n_reviews=lm_reviews)
@@ -252,9 +314,6 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
                   n_reviews=rm_reviews)
     # Long texts: held-out paragraphs of 12-14 same-label reviews, cut to a 3-token prompt and a
     # completion of up to LONG tokens (fewer where the positions do not allow it).
-    long_len = min(LONG, size["n_positions"] - 4)
-    rng = random.Random(seed)
-    long_test = [paragraphs(*zip(*test), rng, (12, 14), 1)[0] for _ in range(200)]
     acc = accuracy(rm, tok, *zip(*test))
     long_acc = accuracy(rm, tok, *zip(*long_test), max_tokens=3 + long_len)
     shares = length_shares(lm, tok, [t for t, _ in test], max_new=min(LONG, size["n_positions"] - 6))
@@ -267,12 +326,12 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
                                      shapley=False)
     for m in (lm, rm):
         m.set_attn_implementation("sdpa")
-
+    gold = train_gold(tok, train, lm, seed, lm_steps)  # last, on its own stream: the policy and RM stay as they were
     torch.set_num_threads(threads)
 
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    for name, model in (("policy", lm), ("reward_model", rm)):
+    for name, model in (("policy", lm), ("reward_model", rm), ("gold_rm", gold)):
         model.save_pretrained(os.path.join(tmp, name))
         tok.save_pretrained(os.path.join(tmp, name))
     with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
@@ -285,11 +344,12 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     manifest = dict(recipe=RECIPE, data=data, corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
                     lm_reviews=lm_reviews, rm_reviews=rm_reviews, policy_ends_before=shares,
                     rm_heldout_accuracy=round(acc, 4), rm_long_accuracy=round(long_acc, 4), rm_layers=rm_layers,
-                    faithfulness=faith, faithfulness_long=faith_long, vocab_size=len(tok), size=size,
+                    faithfulness=faith, faithfulness_long=faith_long, **gold_record(gold, tok, test, long_test, long_len),
+                    vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
                     transformers=transformers.__version__, tokenizers=tokenizers.__version__,
-                    cpu=cpu_name(), fingerprints={k: fingerprint(os.path.join(tmp, k)) for k in MODELS})
+                    cpu=cpu_name(), fingerprints={k: fingerprint(os.path.join(tmp, k)) for k in (*MODELS, "gold_rm")})
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.rmtree(out, ignore_errors=True)

@@ -15,7 +15,7 @@ import torch
 # model learns at a larger learning rate than GPT-2 124M. mini's RM is trained on review + EOS,
 # so it reads a completion's final EOS (score_eos 1); the paper's RM scored the text before it.
 MINI = dict(policy="{mini_dir}/policy", reward_model="{mini_dir}/reward_model", dataset="{mini_dir}/prompts.jsonl",
-            min_chars=0, prompt_len=[2, 5], steps=80, lr=1e-4, score_eos=1)
+            min_chars=0, prompt_len=[2, 5], steps=80, lr=1e-4, score_eos=1, gold_rm="{mini_dir}/gold_rm")
 EPILOG = "[preset]: --preset mini sets " + ", ".join(
     f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}".replace("{mini_dir}", "MINI_DIR")
     for k, v in MINI.items())
@@ -45,6 +45,8 @@ def resolve(parser, argv):
         for k, v in MINI.items():
             if k not in given:
                 setattr(args, k, v.format(mini_dir=args.mini_dir) if isinstance(v, str) else v)
+        if "gold_rm" not in given and not os.path.isdir(args.gold_rm):
+            args.gold_rm = None  # a build from before the gold, e.g. a study's: evaluation without one
     if forced_paper:
         # Without this check an unreachable hub costs about 48 s of retries before the error.
         used = [k for k in HUB if getattr(args, k) == parser.get_default(k)]
@@ -73,8 +75,8 @@ def check(args):
     for name in ("lr", "cliprange", "cliprange_value"):
         if not getattr(args, name) > 0:
             fail(f"--{name} must be positive, got {getattr(args, name)}")
-    for name in ("init_kl_coef", "vf_coef"):  # 0 turns the KL penalty or the value loss off
-        if not getattr(args, name) >= 0:
+    for name in ("init_kl_coef", "vf_coef", "kl_coef"):  # 0 turns the KL penalty or the value loss off
+        if getattr(args, name) is not None and not getattr(args, name) >= 0:
             fail(f"--{name} must be >= 0, got {getattr(args, name)}")
     if len(args.prompt_len) == 1:
         args.prompt_len = args.prompt_len * 2  # one value: a fixed prompt length
@@ -82,13 +84,16 @@ def check(args):
         if len(pair) != 2 or not 1 <= pair[0] <= pair[1]:
             fail(f"{name} takes MIN [MAX] with 1 <= MIN <= MAX, got {' '.join(map(str, pair))}")
     if min(args.steps, args.batch_size, args.mini_batch_size, args.ppo_epochs, args.save_every, args.shapley_units,
-           args.shapley_perms) < 1 or min(args.target_kl, args.kl_horizon) <= 0:
+           args.shapley_perms, args.ig_steps) < 1 or min(args.target_kl, args.kl_horizon) <= 0:
         fail("--steps, --batch_size, --mini_batch_size, --ppo_epochs, --save_every, --shapley_units, --shapley_perms, "
-             "--target_kl and --kl_horizon must be positive")
+             "--ig_steps, --target_kl and --kl_horizon must be positive")
     if args.batch_size % args.mini_batch_size:
         fail(f"--batch_size {args.batch_size} must be a multiple of --mini_batch_size {args.mini_batch_size}")
     if not 0 <= args.log_samples <= args.batch_size:
         fail(f"--log_samples must be in [0, --batch_size {args.batch_size}], got {args.log_samples}")
+    if args.eval_every < 0 or args.eval_prompts < 1 or args.eval_samples < 1:
+        fail(f"--eval_every must be >= 0 (0: off), --eval_prompts and --eval_samples >= 1; got {args.eval_every}, "
+             f"{args.eval_prompts}, {args.eval_samples}")
     if args.faithfulness is not None and args.faithfulness < 1:
         fail(f"--faithfulness takes a number of texts >= 1, got {args.faithfulness}")
     if args.device == "auto":
@@ -211,8 +216,8 @@ def check_models(args, policy, rm, rm_tok):
     position embeddings; past them GPT-2 fails mid-run with an IndexError. An RM with its own
     tokenizer re-tokenises the text into a count we cannot know before sampling; we check the
     same count plus its special tokens. --faithfulness reads the same lengths; --explain does not.
-    Also what two schemes need: red an RM that scores every prefix (a decoder), shapley one that
-    reads the policy's tokens (rm_tok None), since it deletes them from the RM's input."""
+    Also what three schemes need: red an RM that scores every prefix (a decoder), shapley and ig one
+    that reads the policy's tokens (rm_tok None), since they delete or scale them in the RM's input."""
     from plumbing.models import is_decoder
 
     if args.reward == "red" and not is_decoder(rm):
@@ -220,6 +225,9 @@ def check_models(args, policy, rm, rm_tok):
     if args.reward == "shapley" and rm_tok is not None:
         fail("--reward shapley needs a decoder reward model that shares the policy's tokenizer: it deletes "
              "the policy's tokens from the RM's input")
+    if args.reward == "ig" and rm_tok is not None:
+        fail("--reward ig needs a decoder reward model that shares the policy's tokenizer: it scales the input "
+             "embeddings of the policy's tokens")
     if rm.config.num_labels > 2:
         fail(f"--reward_model '{args.reward_model}' has {rm.config.num_labels} labels; 1 or 2 are supported")
     check_logits(args.policy, policy)

@@ -65,7 +65,7 @@ def label(scheme, seeds):
     if len(configs) > 1:
         raise SystemExit(f"the runs in {scheme}/ differ in --reward or --beta: {sorted(configs)}")
     reward, beta = configs.pop() if configs else (None, None)
-    return f"{scheme} (β {beta:g})" if reward in ("abc", "abcd", "shapley") else scheme
+    return f"{scheme} (β {beta:g})" if reward in ("abc", "abcd", "shapley", "ig") else scheme  # reward.USES_BETA
 
 
 def load_runs(out):

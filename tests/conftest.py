@@ -99,7 +99,7 @@ class BagOfWords(torch.nn.Module):
     """A reward model whose score at position i is f(sum_{j <= i} w[token j]), f the identity unless
     given, with uniform causal attention (one layer, through plumbing.attention.KERNEL, as a Hugging Face model's
     layers call it). With f the identity, deleting completion token t moves the final score by exactly
-    w[y_t], and that is also y_t's Shapley value."""
+    w[y_t], and that is also y_t's Shapley value and its integrated gradient (its input embedding is [w])."""
     config = SimpleNamespace(_attn_implementation=plumbing.attention.KERNEL, num_hidden_layers=1)
 
     def __init__(self, w, f=None):
@@ -108,9 +108,13 @@ class BagOfWords(torch.nn.Module):
         self.f = f or (lambda x: x)
         self.score = torch.nn.Identity()
 
-    def base_model(self, input_ids, attention_mask, position_ids):
-        h = self.f((self.w[input_ids] * attention_mask).cumsum(1))[..., None]  # [B, L, 1]
-        B, L = input_ids.shape
+    def get_input_embeddings(self):
+        return lambda ids: self.w[ids][..., None]  # [B, L, 1]
+
+    def base_model(self, attention_mask, position_ids, input_ids=None, inputs_embeds=None):
+        x = self.w[input_ids] if inputs_embeds is None else inputs_embeds[..., 0]  # [B, L]
+        h = self.f((x * attention_mask).cumsum(1))[..., None]  # [B, L, 1]
+        B, L = attention_mask.shape
         zeros = torch.zeros(B, 1, L, 1)  # query = key = 0: uniform weights over the keys a query sees
         seen = torch.tril(torch.ones(L, L, dtype=torch.bool)) & attention_mask.bool()[:, None, None, :]  # [B, 1, L, L]
         plumbing.attention.sdpa_rows(self, zeros, zeros, zeros, seen)

@@ -61,7 +61,8 @@ def test_faithfulness_by_hand():
     assert s["sparse"][1] == 0.0  # the last token is neither row's top
     assert s["uniform (chance)"] == (None, pytest.approx((1 / 3 + 1 / 2) / 2))
     assert s["shapley"] == pytest.approx((1.0, 1.0))  # in a bag of words a token's Shapley value is its weight
-    assert set(s) == {"uniform (chance)", "sparse", "abc, layer 0 (last)", "red", "shapley"}  # no policy: no abcd
+    assert s["ig"] == pytest.approx((1.0, 1.0))  # ... and its integrated gradient too
+    assert set(s) == {"uniform (chance)", "sparse", "abc, layer 0 (last)", "red", "ig", "shapley"}  # no policy: no abcd
 
 
 def test_ranks_average_ties():

@@ -23,6 +23,7 @@ SCHEMES = {  # name -> its function in reward.py, on the signals of one sample
     "red": lambda x: reward.red(x["prefix_scores"], x["mask"]),
     "abcd": lambda x: reward.abcd(x["score"], x["policy_attention"], x["mask"], BETA),
     "shapley": lambda x: reward.shapley(x["score"], *x["shapley_values"], x["mask"], BETA),
+    "ig": lambda x: reward.ig(x["score"], *x["integrated_gradients"], x["mask"], BETA),
 }
 
 
@@ -45,11 +46,12 @@ def signals(sample, tok, policy, rm):
     seq = torch.tensor([sample["prompt_ids"] + sample["token_ids"]])
     prompt_mask, comp_mask = torch.ones(1, P, dtype=torch.long), torch.ones_like(seq[:, P:])
     s, attention, prefix = reward.score_completions(rm, None, tok, seq, prompt_mask, comp_mask, score_eos=0)
-    phi, v_empty, _ = plumbing.estimators.shapley_values(rm, seq, prompt_mask, reward.read_mask(tok, seq, P, comp_mask, 0), s,
-                                            max_units=10)
+    rm_mask = reward.read_mask(tok, seq, P, comp_mask, 0)
+    phi, v_empty, _ = plumbing.estimators.shapley_values(rm, seq, prompt_mask, rm_mask, s, max_units=10)
     return dict(score=s, mask=comp_mask.float(), attention=attention, prefix_scores=prefix,
                 policy_attention=credit.policy_attention(policy, seq, torch.ones_like(seq), P),
-                shapley_values=(phi, v_empty))
+                shapley_values=(phi, v_empty),
+                integrated_gradients=plumbing.estimators.integrated_gradients(rm, seq, prompt_mask, rm_mask)[:2])
 
 
 def test_every_scheme_logs_its_own_functions_credit(logged, tiny, policy_tok, tiny_rm):

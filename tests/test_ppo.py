@@ -470,11 +470,12 @@ def test_explain_prints_each_schemes_credit(tiny, policy_tok, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     score = float(lines[0].split("RM score")[1].split()[0])
     s0 = float(lines[0].split("s_0 =")[1])
-    assert lines[1].split()[1:] == ["sparse", "uniform", "abc", "b=0.5", "red", "abcd", "b=0.5", "shapley", "b=0.5"]
+    assert lines[1].split()[1:] == ["sparse", "uniform", "abc", "b=0.5", "red", "abcd", "b=0.5", "shapley", "b=0.5",
+                                    "ig", "b=0.5"]
     body, total = lines[2:-1], lines[-1].split()
     assert len(body) == len(policy_tok("the film was very good and long")["input_ids"]) - 2
     sums = [float(x) for x in total[1:]]
-    assert sums[:3] == pytest.approx([score] * 3, abs=2e-3) and sums[4:] == pytest.approx([score] * 2, abs=2e-3)
+    assert sums[:3] == pytest.approx([score] * 3, abs=2e-3) and sums[4:] == pytest.approx([score] * 3, abs=2e-3)
     assert sums[3] == pytest.approx(score - s0, abs=2e-3)  # red telescopes to score - s_0
     assert "\x1b[" not in "".join(lines)  # no colour codes when stdout is not a terminal
 

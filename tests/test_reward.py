@@ -15,7 +15,7 @@ def all_schemes(beta=0.5):
 
 
 def test_registry_names_every_scheme():
-    assert list(reward.SCHEMES) == ["sparse", "uniform", "abc", "red", "abcd", "shapley"]
+    assert list(reward.SCHEMES) == ["sparse", "uniform", "abc", "red", "abcd", "shapley", "ig"]
 
 
 @pytest.mark.parametrize("name", ["sparse", "uniform", "abc"])

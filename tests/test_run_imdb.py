@@ -46,7 +46,7 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path, mini_dir):
     r = run_script(env)
     assert r.returncode == 0, r.stderr[-2000:]
     schemes = list(reward.SCHEMES)
-    assert schemes == ["sparse", "uniform", "abc", "red", "abcd", "shapley"]  # the reproduction runs every scheme
+    assert schemes == ["sparse", "uniform", "abc", "red", "abcd", "shapley", "ig"]  # the reproduction runs every scheme
     step0 = set()
     for s in schemes:
         run_dir = out / s / "seed0"
@@ -61,7 +61,7 @@ def test_run_imdb_mini_one_seed_three_steps(tmp_path, mini_dir):
     table = (out / "results.md").read_text()
     # Each run's config.json gives its beta, shown for the schemes that use it.
     assert all(f"| {s} | 1 |" in table for s in ("sparse", "uniform", "red"))
-    assert all(f"| {s} (β 0.8) | 1 |" in table for s in ("abc", "abcd", "shapley"))
+    assert all(f"| {s} (β 0.8) | 1 |" in table for s in ("abc", "abcd", "shapley", "ig"))
     # A second start finds every run finished and only remakes the report.
     again = run_script(env)
     assert again.returncode == 0 and again.stdout.count("(done)") == len(schemes)

@@ -72,7 +72,7 @@ def mechanism_report(runs, steps):
         rm = load("reward model", AutoModelForSequenceClassification, flags["reward_model"],
                   attn_implementation=KERNEL, dtype=torch.float32).eval()
         eos = load_tokenizer(flags["policy"]).eos_token_id
-        name = (flags["reward"] + (f" (β {flags['beta']:g})" if flags["reward"] in ("abc", "abcd", "shapley") else "")
+        name = (flags["reward"] + (f" (β {flags['beta']:g})" if flags["reward"] in ("abc", "abcd", "shapley", "ig") else "")
                 + (f", λ {flags['lam']:g}" if flags.get("lam", 0.95) != 0.95 else "")
                 + (", forced" if flags.get("min_new_tokens") else ""))
         for step, r in mechanism(rm, eos, flags["score_eos"], samples, steps).items():

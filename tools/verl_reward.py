@@ -41,9 +41,9 @@ SCHEMES = tuple(n for n in reward.SCHEMES if n not in reward.READS_POLICY_ATTENT
 
 class ABCRewardManager(RewardManagerBase):
     """Scores each response with the Hugging Face sequence classifier at reward.reward_model.model_path
-    and returns the credit of reward.reward_kwargs.scheme (sparse, uniform, abc, red or shapley; beta for
-    abc and shapley; score_eos: 1 lets the RM read a final EOS; shapley_units, shapley_perms and seed for
-    shapley, as abc_ppo.py's flags). verl builds one manager per RewardLoopWorker, so the
+    and returns the credit of reward.reward_kwargs.scheme (sparse, uniform, abc, red, shapley or ig; beta
+    for abc, shapley and ig; score_eos: 1 lets the RM read a final EOS; shapley_units, shapley_perms and seed
+    for shapley; ig_steps for ig, as abc_ppo.py's flags). verl builds one manager per RewardLoopWorker, so the
     RM is loaded once per worker."""
 
     def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
@@ -61,7 +61,8 @@ class ABCRewardManager(RewardManagerBase):
         self.flags = SimpleNamespace(reward=kw.get("scheme", "abc"), beta=float(kw.get("beta", 0.5)),
                                      score_eos=int(kw.get("score_eos", 0)),
                                      shapley_units=int(kw.get("shapley_units", 16)),
-                                     shapley_perms=int(kw.get("shapley_perms", 8)))
+                                     shapley_perms=int(kw.get("shapley_perms", 8)),
+                                     ig_steps=int(kw.get("ig_steps", 16)))
         if self.flags.reward not in SCHEMES:
             raise ValueError(f"reward_kwargs.scheme must be one of {', '.join(SCHEMES)}, got {self.flags.reward!r}")
         from transformers import AutoModelForSequenceClassification
@@ -81,9 +82,9 @@ class ABCRewardManager(RewardManagerBase):
         self.rm_tok = reward_model_tokenizer or hf_tokenizer(copy_to_local(rm_cfg.model_path))
         if self.rm_tok.get_vocab() == tokenizer.get_vocab() and is_decoder(self.rm):
             self.rm_tok = None
-        if self.flags.reward == "shapley" and self.rm_tok is not None:
-            raise ValueError("scheme shapley needs a decoder reward model that shares the policy's tokenizer: "
-                             "it deletes the policy's tokens from the RM's input")
+        if self.flags.reward in ("shapley", "ig") and self.rm_tok is not None:
+            raise ValueError(f"scheme {self.flags.reward} needs a decoder reward model that shares the policy's "
+                             "tokenizer: it deletes or scales the policy's tokens in the RM's input")
         self.gen = torch.Generator().manual_seed(int(kw.get("seed", 0)))  # shapley's orders, one stream per worker
 
     @torch.no_grad()
