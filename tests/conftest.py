@@ -133,10 +133,11 @@ def mini_dir(tmp_path_factory):
 
 
 def tiny_args(tiny, out_dir, *extra):
-    """Command-line flags for a short, fast run on the tiny models."""
+    """Command-line flags for a short, fast run on the tiny models, evaluation off unless extra turns it on
+    (tests/test_eval.py)."""
     return ["--policy", tiny["policy"], "--reward_model", tiny["reward_model"], "--dataset", tiny["data"],
             "--min_chars", "0", "--prompt_len", "2", "4", "--out_dir", str(out_dir), "--batch_size", "8",
-            "--mini_batch_size", "4", "--ppo_epochs", "2", "--lr", "1e-3", *extra]
+            "--mini_batch_size", "4", "--ppo_epochs", "2", "--lr", "1e-3", "--eval_every", "0", *extra]
 
 
 def pad(rows, pad_id, side="left"):

@@ -395,6 +395,15 @@ BAD_INPUTS = [
                  "--gen_len MAX 80 needs 84 positions, but the policy has 64", id="context-too-long"),
     pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--reward", "shapley", "--shapley_units", "0"),
                  "--shapley_units, --shapley_perms", id="zero-shapley-units"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--reward", "ig", "--ig_steps", "0"), "--ig_steps, --target_kl",
+                 id="zero-ig-steps"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--kl_coef", "-1"), "--kl_coef must be >= 0", id="negative-kl-coef"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--eval_every", "-1"), "--eval_every must be >= 0 (0: off)",
+                 id="negative-eval-every"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--eval_samples", "0"), "--eval_prompts and --eval_samples >= 1",
+                 id="zero-eval-samples"),
+    pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--eval_every", "1", "--gold_rm", str(tmp)),
+                 "cannot load gold reward model", id="unreadable-gold-rm"),
 ]
 
 
