@@ -244,3 +244,16 @@ def test_horizon(tmp_path):
     assert (tmp_path / "horizon.png").read_bytes()[:8] == PNG
     with pytest.raises(SystemExit, match="two studies of setting 90–110 free EOS ran at λ 0.5"):
         horizon.main(dirs + [dirs[1], "--out", str(tmp_path / "horizon")])
+
+
+def test_eval_png_from_eval_jsonl(out):
+    """Runs that evaluated get eval.png: gold and proxy against KL and against training seconds."""
+    for scheme, gold in (("sparse", 1.0), ("abc", 2.0)):
+        for seed in (0, 1):
+            rows = [dict(step=s, proxy_mean=gold + s, proxy_se=0.1, gold_mean=gold + s / 2, gold_se=0.1, kl=2.0 * s,
+                         kl_se=0.1, completion_len=10.0, distinct_2=0.9, completions=8, rm_rows=16 * s,
+                         train_seconds=1.5 * s, eval_seconds=0.2) for s in (0, 2, 4)]
+            (out / scheme / f"seed{seed}" / "eval.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    assert set(report.read_evals(str(out))) == {"sparse", "abc"}
+    report.main([str(out)])
+    assert (out / "eval.png").read_bytes()[:8] == PNG

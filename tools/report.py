@@ -3,12 +3,15 @@
     python tools/report.py OUT [OUT ...] [--order sparse uniform abc]
     python tools/report.py studies/lengths/length-* studies/lengths/forced-* --lengths studies/lengths/length
 
-Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT; with --lengths, one figure and table
-across the OUT studies instead (by completion length, EOS free or forced). Runs of different builds of the
+Writes OUT/reward.png, OUT/kl.png and OUT/results.md for each OUT, and OUT/eval.png where its runs wrote
+eval.jsonl (the gold and the proxy RM against the sequence KL and against the training seconds); with
+--lengths, one figure and table across the OUT studies instead (by completion length, EOS free or forced). Runs of different builds of the
 models (config.json's fingerprints) are never mixed. A run's scheme, beta, lengths and protocol come from
 the config.json that abc_ppo.py writes beside its metrics, where there is one.
 """
 import argparse
+import glob
+import json
 import math
 import os
 import sys
@@ -127,6 +130,43 @@ def plot_kl(runs, path, order=None, w=5):
     fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
 
 
+def read_evals(out):
+    """OUT -> {scheme: [each seed's eval.jsonl rows]}, for the runs that evaluated."""
+    evals = {}
+    for path in sorted(glob.glob(os.path.join(out, "*", "seed*", "eval.jsonl"))):
+        with open(path) as f:
+            evals.setdefault(path.split(os.sep)[-3], []).append([json.loads(line) for line in f if line.strip()])
+    return evals
+
+
+def plot_eval(evals, path, order=None):
+    """eval.png: per scheme, the gold RM's mean score (solid; the proxy's dashed) at each evaluation, against
+    the sequence KL from the reference (left) and against the training seconds so far (right), as the seed
+    mean at each evaluation the seeds share, each seed faint. Without a gold, the proxy's alone."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    has_gold = all(row["gold_mean"] is not None for seeds in evals.values() for rows in seeds for row in rows)
+    judge = "gold_mean" if has_gold else "proxy_mean"
+    for c, scheme in enumerate(order_schemes(evals, order)):
+        seeds, color = evals[scheme], f"C{c % 10}"
+        n = min(map(len, seeds))
+        series = {key: np.array([[row[key] for row in rows[:n]] for rows in seeds], dtype=float)
+                  for key in ("kl", "train_seconds", judge, "proxy_mean")}  # [seeds, evaluations]
+        for ax, x in zip(axes, ("kl", "train_seconds")):
+            for i in range(len(seeds)):
+                ax.plot(series[x][i], series[judge][i], color=color, lw=0.5, alpha=0.2)
+            ax.plot(series[x].mean(0), series[judge].mean(0), "o-", color=color, lw=2, label=f"{scheme} (n={len(seeds)})")
+            if has_gold:
+                ax.plot(series[x].mean(0), series["proxy_mean"].mean(0), "--", color=color, lw=1)
+    name = "gold RM" + " (solid) and proxy RM (dashed)" if has_gold else "proxy RM (no gold)"
+    axes[0].set(xlabel="sequence KL(π ‖ π_ref), fixed evaluation prompts", ylabel=f"{name}, mean score",
+                title="Score against KL")
+    axes[1].set(xlabel="training seconds (evaluation excluded)", ylabel=f"{name}, mean score",
+                title="Score against compute")
+    for ax in axes:
+        ax.legend(), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(path, dpi=120), plt.close(fig)
+
+
 # Across studies: reward against completion length ---------------------------------------------
 def plot_lengths(outs, prefix, order=None):
     """PREFIX.md and PREFIX.png: per study (a completion-length range, free or forced EOS) and scheme,
@@ -193,7 +233,10 @@ def main(argv=None):
         write_table(rows, runs, os.path.join(out, "results.md"), n_files)
         plot_reward(runs, os.path.join(out, "reward.png"), args.order)
         plot_kl(runs, os.path.join(out, "kl.png"), args.order)
-        print(f"read {n_files} runs; wrote reward.png, kl.png, results.md in {out}")
+        evals = read_evals(out)
+        if evals:
+            plot_eval(evals, os.path.join(out, "eval.png"), args.order)
+        print(f"read {n_files} runs; wrote reward.png, kl.png, results.md{', eval.png' if evals else ''} in {out}")
     return rows
 
 
