@@ -469,10 +469,10 @@ def main(argv=None):
     opt = torch.optim.Adam(list(models.policy.parameters()) + list(value_head.parameters()), lr=args.lr, fused=True)
     kl_ctl = FixedKL(args.kl_coef) if args.kl_coef is not None else AdaptiveKL(args.init_kl_coef, args.target_kl, args.kl_horizon)
     start = checkpoints.resume(args.out_dir, logs, models, value_head, opt, kl_ctl, data_rng, credit_rng) if args.resume else 0
-    # Evaluation's fixed prompts, each with its completion length, from a stream of their own; eval.jsonl.
+    # Evaluation: fixed prompts with their lengths, from a stream of their own; eval.jsonl (plumbing/evaluation.py).
     eval_prompts = sample_prompts(texts, models.tok, args, evaluation.prompt_stream(), device, args.eval_prompts)
-    evals = evaluation.Evaluation(args, eval_prompts, models.tok, start, models.gold is not None)  # scaffolding
-    if start == 0 and args.eval_every:  # before the first update: the reference policy itself, at KL 0
+    evals = evaluation.Evaluation(args, eval_prompts, models.tok, start, models.gold is not None)
+    if start == 0 and evals.due(0):  # before the first update: the reference policy itself, at KL 0
         evals.write(0, **evaluate(args, models, eval_prompts, autocast, evals.seed(0)))
 
     with checkpoints.StopOnSignal() as stop:  # scaffolding: SIGTERM or SIGINT finish the step, save, exit
@@ -513,7 +513,6 @@ def main(argv=None):
                 checkpoints.save(args.out_dir, step, models, value_head, opt, kl_ctl, data_rng, credit_rng)
             stop.exit_if_signalled(step, bar)  # scaffolding: a signal came during the step; it is saved, now go
     logs.close()
-    evals.close()
 
 
 if __name__ == "__main__":

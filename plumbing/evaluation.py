@@ -56,13 +56,15 @@ class Evaluation:
         self.rm_rows, self.train_seconds = 0, 0.0
         if not args.eval_every:
             return
-        path = os.path.join(args.out_dir, "eval.jsonl")
-        if args.resume and os.path.exists(path):
-            drop_steps_from(path, start + 1)  # evaluations after `start` steps belong to lost steps
+        self.path = os.path.join(args.out_dir, "eval.jsonl")
+        if args.resume:  # the cost so far is in metrics.jsonl, which checkpoints.resume has cut at the checkpoint
+            if os.path.exists(self.path):
+                drop_steps_from(self.path, start + 1)  # evaluations after `start` steps belong to lost steps
             with open(os.path.join(args.out_dir, "metrics.jsonl")) as f:
                 for line in f:
                     self.count(json.loads(line))
-        self.file = open(path, "a" if args.resume else "w")
+        elif os.path.exists(self.path):
+            os.remove(self.path)  # a new run in an old folder
         ids, mask, lengths = prompts
         self.record = dict(prompt_seed=PROMPT_SEED, lengths=lengths.tolist(),
                            prompts=[tok.decode(row[m.bool()]) for row, m in zip(ids.cpu(), mask.cpu())])
@@ -98,8 +100,8 @@ class Evaluation:
                    kl=kl_mean, kl_se=kl_se, completion_len=comp_mask.sum(1).float().mean().item(),
                    distinct_2=distinct_2(seq[:, P:], comp_mask), completions=len(seq), rm_rows=self.rm_rows,
                    train_seconds=self.train_seconds, eval_seconds=seconds)
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
         samples = os.path.join(self.args.out_dir, "eval_samples.jsonl")
         with open(samples + ".tmp", "w") as f:
             for b in range(len(seq)):
@@ -108,7 +110,3 @@ class Evaluation:
                                         completion=self.tok.decode(seq[b, P:P + n]), proxy=proxy[b].item(),
                                         gold=None if gold is None else gold[b].item(), kl=kl[b].item())) + "\n")
         os.replace(samples + ".tmp", samples)  # the last evaluation's, whole
-
-    def close(self):
-        if self.args.eval_every:
-            self.file.close()

@@ -188,11 +188,14 @@ def train_rm(rm, tok, texts, labels, steps=RM_STEPS, bs=32, lr=RM_LR, seed=0, pr
 @torch.no_grad()
 def accuracy(rm, tok, texts, labels, max_tokens=None):
     """Share of texts whose score logit[1] - logit[0] has the label's sign: each text + EOS, or with
-    max_tokens its first max_tokens tokens as they stand, as a completion cut at its length limit."""
+    max_tokens its first max_tokens tokens as they stand, as a completion cut at its length limit.
+    rm may be a list of models, an ensemble, whose score is the mean of theirs."""
     rows = [tok(t)["input_ids"][:max_tokens] if max_tokens else tok(t)["input_ids"] + [tok.eos_token_id]
             for t in texts]
-    logits = rm_logits(rm, *right_pad(rows, tok, rm.config.n_positions))
-    return ((logits[:, 1] > logits[:, 0]).long() == torch.tensor(labels)).float().mean().item()
+    members = rm if isinstance(rm, list) else [rm]
+    logits = [rm_logits(m, *right_pad(rows, tok, m.config.n_positions)) for m in members]
+    score = sum(l[:, 1] - l[:, 0] for l in logits) / len(members)
+    return ((score > 0).long() == torch.tensor(labels)).float().mean().item()
 
 
 @torch.no_grad()
