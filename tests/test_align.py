@@ -100,6 +100,11 @@ def test_training_and_explain_with_an_encoder_reward_model(tiny, encoder_dir, tm
     abc_ppo.main(tiny_args(tiny, tmp_path, "--reward_model", encoder_dir, "--explain", "the film was good", "--prompt_len", "2"))
     out = capsys.readouterr().out
     assert "red" not in out.splitlines()[1] and "abc b=0.5" in out  # red needs a decoder RM
+    assert "ig" not in out.splitlines()[1].split() and "shapley" not in out.splitlines()[1]  # and the policy's tokens
     with pytest.raises(SystemExit):
         abc_ppo.main(tiny_args(tiny, tmp_path, "--reward_model", encoder_dir, "--reward", "red"))
     assert "needs a decoder reward model" in capsys.readouterr().err
+    for scheme in ("shapley", "ig"):  # they delete or scale the policy's tokens in the RM's input
+        with pytest.raises(SystemExit) as e:
+            abc_ppo.main(tiny_args(tiny, tmp_path, "--reward_model", encoder_dir, "--reward", scheme))
+        assert e.value.code == 2 and f"--reward {scheme} needs a decoder reward model that shares" in capsys.readouterr().err

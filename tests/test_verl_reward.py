@@ -134,7 +134,8 @@ def project_credit(rm, rm_tok, tok, pairs, scheme, beta, score_eos=0):
     comps, mask = pad([c for _, c in pairs], tok.eos_token_id, "right")
     seq = torch.cat([prompts, comps], 1)
     # shapley_units 10: every game exact, so the batch and verl's one sample at a time agree
-    flags = types.SimpleNamespace(reward=scheme, beta=beta, score_eos=score_eos, shapley_units=10, shapley_perms=8)
+    flags = types.SimpleNamespace(reward=scheme, beta=beta, score_eos=score_eos, shapley_units=10, shapley_perms=8,
+                                  ig_steps=16)
     s, credit, _ = reward.per_token_rewards(flags, types.SimpleNamespace(tok=tok, rm=rm, rm_tok=rm_tok), seq, prompt_mask,
                                             mask)
     return credit, s
@@ -163,7 +164,7 @@ def shared(paths):
 
 
 @needs_verl
-@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc", "red", "shapley"])
+@pytest.mark.parametrize("scheme", ["sparse", "uniform", "abc", "red", "shapley", "ig"])
 def test_rm_scores_are_the_schemes_credit(paths, shared, scheme, monkeypatch):
     tok, rm = shared
     pairs = token_pairs(tok)
@@ -266,8 +267,9 @@ def test_red_needs_a_decoder(paths, encoder_dir):
 
     with pytest.raises(ValueError, match="red needs a decoder"):
         RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": "red"}), None)
-    with pytest.raises(ValueError, match="shapley needs a decoder reward model that shares"):
-        RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": "shapley"}), None)
+    for scheme in ("shapley", "ig"):
+        with pytest.raises(ValueError, match=f"{scheme} needs a decoder reward model that shares"):
+            RewardLoopWorker(verl_config(paths["policy"], encoder_dir, **{"+reward.reward_kwargs.scheme": scheme}), None)
 
 
 @needs_verl

@@ -77,7 +77,8 @@ def pick():
     accuracy, then the best paragraph accuracy, then the earlier letter."""
     manifest = mini.check(mini.REFERENCE)
     proxy, proxy_long = manifest["rm_heldout_accuracy"], manifest["rm_long_accuracy"]
-    rows = sorted((json.loads(line) for line in open(OUT)), key=lambda r: r["candidate"])
+    # A candidate retrained (round 3 saved A-D's weights) has a row per run; its latest stands.
+    rows = sorted({r["candidate"]: r for r in map(json.loads, open(OUT))}.values(), key=lambda r: r["candidate"])
     print("| candidate | started from | steps | single reviews | paragraphs | qualifies | seconds |\n|---|---|---|---|---|---|---|")
     print(f"| proxy RM | (1 block) | {mini.RM_STEPS} | {proxy:.3f} | {proxy_long:.3f} | | |")
     ok = [r for r in rows if r["heldout_accuracy"] > proxy and r["long_accuracy"] >= proxy_long]
