@@ -131,13 +131,13 @@ class Models(NamedTuple):
     ref: torch.nn.Module  # a frozen copy of it, the KL reference
     rm: torch.nn.Module  # the frozen reward model, a sequence classifier: the proxy PPO optimises
     rm_tok: object  # the RM's own tokenizer, or None when it shares the policy's
-    gold: torch.nn.Module = None  # the gold RM that evaluation reads and training never does, or None
-    gold_tok: object = None  # its own tokenizer, or None when it shares the policy's
+    gold: tuple = ()  # the gold RM that evaluation reads and training never does: its members, or none
+    gold_tok: object = None  # their own tokenizer, or None when they share the policy's
 
 
 def load_models(args, device):
     """The policy, a frozen copy of it as the KL reference, the frozen reward model and, for evaluation,
-    the frozen gold RM, all in eval mode: with dropout on, the PPO ratio would leave 1 on the first update
+    the frozen gold RM's members, all in eval mode: with dropout on, the PPO ratio would leave 1 on the first update
     from noise alone."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
@@ -159,10 +159,11 @@ def load_models(args, device):
     presets.check_models(args, policy, rm, rm_tok)  # what the schemes need of the RM, labels, positions, logits
     if not (args.eval_every and args.gold_rm):
         return Models(tok, policy, ref, rm, rm_tok)
-    gold = presets.load("gold reward model", AutoModelForSequenceClassification, args.gold_rm,
-                        **kw).to(device).eval().requires_grad_(False)
-    gold_tok = presets.load_tokenizer(args.gold_rm)
-    shares = gold_tok.get_vocab() == tok.get_vocab() and is_decoder(gold)
+    members = presets.gold_members(args.gold_rm)  # one classifier, or an ensemble (mini's gold)
+    gold = tuple(presets.load("gold reward model", AutoModelForSequenceClassification, member,
+                              **kw).to(device).eval().requires_grad_(False) for member in members)
+    gold_tok = presets.gold_tokenizer(members)
+    shares = gold_tok.get_vocab() == tok.get_vocab() and all(map(is_decoder, gold))
     return Models(tok, policy, ref, rm, rm_tok, gold, None if shares else gold_tok)
 
 
@@ -417,7 +418,7 @@ def ppo_update(args, policy, value_head, opt, exp, data_rng, autocast):
 def evaluate(args, models, prompts, autocast, seed):
     """The field's reading of a run (Gao, Schulman, Hilton 2023): K = --eval_samples completions of each
     fixed prompt, sampled from pi as in training, scored by the proxy RM that PPO optimises and by a gold
-    RM that it never sees, and the sequence KL
+    RM that it never sees (the mean score of its members), and the sequence KL
         KL(pi || pi_ref) = E_{y ~ pi} sum_t (log pi(y_t) - log pi_ref(y_t)),
     estimated without bias by its mean over the samples. In chunks of 64 completions (generation pays per
     token, not per row, on a small model; the vocabulary's log-softmax bounds the chunk), on a random stream
@@ -436,9 +437,10 @@ def evaluate(args, models, prompts, autocast, seed):
             kl.append((logp_diff * comp_mask).sum(1))  # [chunk]: each completion's log pi / pi_ref
             proxy.append(reward.score_completions(models.rm, models.rm_tok, models.tok, seq, mask[chunk], comp_mask,
                                                   args.score_eos)[0])
-            if models.gold is not None:
-                gold.append(reward.score_completions(models.gold, models.gold_tok, models.tok, seq, mask[chunk],
-                                                     comp_mask, args.score_eos)[0])
+            if models.gold:
+                gold.append(sum(reward.score_completions(member, models.gold_tok, models.tok, seq, mask[chunk],
+                                                         comp_mask, args.score_eos)[0] for member in models.gold)
+                            / len(models.gold))
             seqs.append(F.pad(seq, (0, P + G - seq.shape[1]), value=models.tok.pad_token_id))  # a chunk may stop early
             comp_masks.append(F.pad(comp_mask, (0, G - comp_mask.shape[1])))
     return dict(seq=torch.cat(seqs), comp_mask=torch.cat(comp_masks), proxy=torch.cat(proxy),
@@ -471,7 +473,7 @@ def main(argv=None):
     start = checkpoints.resume(args.out_dir, logs, models, value_head, opt, kl_ctl, data_rng, credit_rng) if args.resume else 0
     # Evaluation: fixed prompts with their lengths, from a stream of their own; eval.jsonl (plumbing/evaluation.py).
     eval_prompts = sample_prompts(texts, models.tok, args, evaluation.prompt_stream(), device, args.eval_prompts)
-    evals = evaluation.Evaluation(args, eval_prompts, models.tok, start, models.gold is not None)
+    evals = evaluation.Evaluation(args, eval_prompts, models.tok, start, bool(models.gold))
     if start == 0 and evals.due(0):  # before the first update: the reference policy itself, at KL 0
         evals.write(0, **evaluate(args, models, eval_prompts, autocast, evals.seed(0)))
 

@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from plumbing import mini, presets
 from plumbing.checkpoints import drop_steps_from
 
 # The evaluation prompts' stream: one fixed prompt set per preset, whatever the run's seed or scheme.
@@ -48,7 +49,8 @@ def distinct_2(seq, comp_mask):
 class Evaluation:
     """The fixed prompts (ids [N, P], mask [N, P], completion lengths [N], from abc_ppo.sample_prompts on
     prompt_stream), eval.jsonl and eval_samples.jsonl, and the cost of training so far: the steps, the RM's
-    rows and the seconds of the training steps alone. On --resume the lines after the checkpoint go, and the
+    rows and the seconds of the training steps alone. config.json records the fingerprints of the gold's
+    members, as it does the policy's and the RM's. On --resume the lines after the checkpoint go, and the
     cost is read back from metrics.jsonl."""
 
     def __init__(self, args, prompts, tok, start, has_gold):
@@ -66,7 +68,9 @@ class Evaluation:
         elif os.path.exists(self.path):
             os.remove(self.path)  # a new run in an old folder
         ids, mask, lengths = prompts
-        self.record = dict(prompt_seed=PROMPT_SEED, lengths=lengths.tolist(),
+        gold = presets.gold_members(args.gold_rm) if has_gold else []
+        self.record = dict(prompt_seed=PROMPT_SEED, gold_rm={path: mini.fingerprint(path) for path in gold},
+                           lengths=lengths.tolist(),
                            prompts=[tok.decode(row[m.bool()]) for row, m in zip(ids.cpu(), mask.cpu())])
         config = os.path.join(args.out_dir, "config.json")
         with open(config) as f:

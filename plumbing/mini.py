@@ -12,11 +12,14 @@ It trains, on 2 CPU cores in a few minutes:
      language model of the same size pretrained on single reviews, and fine-tuned on the labels of
      paragraphs of RM_REVIEWS reviews (the reward model, score = logit[1] - logit[0] as in the paper).
      One block, because in this small model only then does the last layer's attention point at the
-     tokens that earned the score, the premise ABC rests on.
+     tokens that earned the score, the premise ABC rests on;
+  4. the gold RM, which evaluation reads and PPO never trains against: four classifiers of the
+     policy's size (GOLD), whose mean score is the gold's; about 20 minutes more, so a cache that
+     abc_ppo.py builds on its own goes without it (`tools/build_mini.py --no_gold`, `--add_gold`).
 The manifest records what the recipe was chosen by (docs/mini.md): how early the policy's own
-samples end, the RM's accuracy on held-out single reviews and long paragraphs, and its credit
-faithfulness at 8-15 and at 140-160 tokens.
-All three are ordinary Hugging Face checkpoints, loaded by abc_ppo.py with from_pretrained.
+samples end, the RM's and the gold's accuracy on held-out single reviews and long paragraphs, and the RM's
+credit faithfulness at 8-15 and at 140-160 tokens.
+All are ordinary Hugging Face checkpoints, loaded by abc_ppo.py with from_pretrained.
 This is a small model trained on ~2600 project-written reviews, not GPT-2 124M on IMDb.
 """
 import csv
@@ -44,7 +47,8 @@ CORPUS = os.path.join(HERE, "data", "reviews.jsonl")
 # builds anew into CACHE (or --mini_dir), for another seed or corpus. Made by `--seed 0` on the CPU
 # that data/mini/manifest.json names.
 REFERENCE = os.path.join(HERE, "data", "mini")
-REFERENCE_FINGERPRINTS = dict(policy="b6814e1cd5a5462f", reward_model="008d87767ef1d082")
+REFERENCE_FINGERPRINTS = {"policy": "b6814e1cd5a5462f", "reward_model": "008d87767ef1d082", "gold_rm/A": "9f80cff1e5be10fc",
+                          "gold_rm/B": "d36ed4f816ca2e7f", "gold_rm/C": "7760bbd7e102e907", "gold_rm/D": "b64f8abfa613d29a"}
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "abc-ppo", "mini")
 MINI_DIR = REFERENCE
 EOS = "<|endoftext|>"
@@ -57,15 +61,16 @@ LM_REVIEWS = (12, 24)
 # the policy), then trained on paragraphs of 1..10 reviews, so that it reads 160-token completions.
 # Chosen among candidates by the rule in docs/mini.md alone, before any PPO run.
 RM_LAYERS, RM_REVIEWS, RM_STEPS, RM_LR = 1, (1, 10), 1200, 5e-4
-# The gold RM, the judge evaluation reads and PPO never trains against: a classifier of the policy's
-# size, fine-tuned as the RM is, from the start GOLD_INIT ("reviews": an LM pretrained on single reviews;
-# "paragraphs": on the policy's paragraphs; "policy": the policy itself) for GOLD_STEPS steps. Chosen
-# among four candidates by the rule in docs/mini.md, committed before any was built.
-GOLD_INIT, GOLD_STEPS, GOLD_REVIEWS = "reviews", 2400, RM_REVIEWS
+# The gold RM, the judge evaluation reads and PPO never trains against: the mean score of four
+# classifiers of the policy's size, each fine-tuned as the RM is (paragraphs of 1..10 reviews), from a
+# start ("reviews": an LM pretrained on single reviews; "paragraphs": on the policy's paragraphs;
+# "policy": the policy itself) for some steps. Chosen by the rule in docs/mini.md, committed before any
+# candidate was built (candidate H of round 3).
+GOLD = dict(A=("reviews", 2400), B=("paragraphs", 2400), C=("policy", 2400), D=("reviews", 4800))
 # Bumped whenever build() changes what it makes, so that a cache from an older recipe is rebuilt.
 RECIPE = 4  # 4: the gold RM; the policy and the RM are recipe 3's
 LONG = 160  # the longest completion the preset is built for
-MODELS = ("policy", "reward_model")  # and "gold_rm" where a build has one
+MODELS = ("policy", "reward_model")  # and "gold_rm/A" ... where a build has a gold
 
 
 def read_reviews(path):
@@ -239,10 +244,11 @@ def splits(texts, labels, seed=0):
     return train, test, [paragraphs(*zip(*test), rng, (12, 14), 1)[0] for _ in range(200)]
 
 
-def train_gold(tok, train, policy, seed=0, lm_steps=400, init=GOLD_INIT, steps=GOLD_STEPS, reviews=GOLD_REVIEWS):
-    """The gold RM: `reward_model` with all the policy's blocks, started from `init` (see GOLD_INIT), then
-    `train_rm` for `steps` on the training split, on a random stream of its own (seed + 2), drawn after
-    the policy and the RM are made, so that neither changes."""
+def train_gold(tok, train, policy, seed=0, lm_steps=400, init="reviews", steps=2400, reviews=RM_REVIEWS):
+    """One member of the gold RM: `reward_model` with all the policy's blocks, started from `init` (see
+    GOLD), then `train_rm` for `steps` on the training split, on a random stream of its own (seed + 2),
+    drawn after the policy and the RM are made, so that neither changes, and reset for each member, so
+    that each is the same whichever others are built."""
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(seed + 2)
@@ -255,43 +261,58 @@ def train_gold(tok, train, policy, seed=0, lm_steps=400, init=GOLD_INIT, steps=G
                     n_reviews=reviews)
 
 
-def gold_record(gold, tok, test, long_test, long_len):
-    """The manifest's lines on the gold: its held-out accuracies, beside the RM's, and its recipe."""
-    return dict(gold_init=GOLD_INIT, gold_steps=GOLD_STEPS, gold_heldout_accuracy=round(accuracy(gold, tok, *zip(*test)), 4),
-                gold_long_accuracy=round(accuracy(gold, tok, *zip(*long_test), max_tokens=3 + long_len), 4),
-                gold_params=sum(p.numel() for p in gold.parameters()))
+def train_golds(tok, train, policy, seed, lm_steps, gold, out):
+    """Train the gold's members, gold = {name: (start, steps)}, into out/gold_rm/<name>; return them."""
+    members = {name: train_gold(tok, train, policy, seed, lm_steps, init, steps) for name, (init, steps) in gold.items()}
+    for name, member in members.items():
+        member.save_pretrained(os.path.join(out, "gold_rm", name))
+        tok.save_pretrained(os.path.join(out, "gold_rm", name))
+    return list(members.values())
 
 
-def add_gold(out):
+def gold_record(members, tok, test, long_test, long_len, gold):
+    """The manifest's lines on the gold (the mean score of its members): its held-out accuracies, beside
+    the RM's, and its recipe; none for a build without one."""
+    if not members:
+        return {}
+    return dict(gold=gold, gold_heldout_accuracy=round(accuracy(members, tok, *zip(*test)), 4),
+                gold_long_accuracy=round(accuracy(members, tok, *zip(*long_test), max_tokens=3 + long_len), 4),
+                gold_params=sum(p.numel() for member in members for p in member.parameters()))
+
+
+def fingerprints(out, gold):
+    return {k: fingerprint(os.path.join(out, k)) for k in (*MODELS, *(f"gold_rm/{name}" for name in gold))}
+
+
+def add_gold(out, gold=GOLD):
     """Train the gold RM into an existing build at `out` (the committed reference, made before the gold
     existed), from the build's own tokenizer, policy and corpus; the policy and the RM are untouched.
     One thread, as `build`. Returns the updated manifest."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    manifest = check(out)
+    manifest = check(out, only=MODELS)  # the gold is not there yet
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "policy"))
     policy = AutoModelForCausalLM.from_pretrained(os.path.join(out, "policy"), dtype=torch.float32)
     long_len = min(LONG, manifest["size"]["n_positions"] - 4)
     train, test, long_test = splits(*read_reviews(os.path.join(HERE, manifest["data"])), manifest["seed"])
-    gold = train_gold(tok, train, policy, manifest["seed"])
+    members = train_golds(tok, train, policy, manifest["seed"], 400, gold, out)
     torch.set_num_threads(threads)
-    gold.save_pretrained(os.path.join(out, "gold_rm"))
-    tok.save_pretrained(os.path.join(out, "gold_rm"))
     # What recipe 4 builds: recipe 3's policy and RM, and the gold.
-    manifest |= gold_record(gold, tok, test, long_test, long_len) | dict(recipe=RECIPE, gold_cpu=cpu_name())
-    manifest["fingerprints"]["gold_rm"] = fingerprint(os.path.join(out, "gold_rm"))
+    manifest |= gold_record(members, tok, test, long_test, long_len, gold) | dict(recipe=RECIPE, gold_cpu=cpu_name())
+    manifest["fingerprints"] = fingerprints(out, gold)
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     return manifest
 
 
 def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, size=SIZE, rm_layers=RM_LAYERS,
-          lm_reviews=LM_REVIEWS, rm_reviews=RM_REVIEWS):
-    """Train tokenizer, policy and reward model on `data`; measure how early the policy's samples
-    end, the RM's held-out accuracy on single reviews and on long paragraphs, and its credit
-    faithfulness at both lengths; write models, prompts and manifest.json to `out`."""
+          lm_reviews=LM_REVIEWS, rm_reviews=RM_REVIEWS, gold=GOLD):
+    """Train tokenizer, policy, reward model and the gold's members (gold = {name: (start, steps)}, see
+    GOLD; {} for none) on `data`; measure how early the policy's samples end, the RM's and the gold's
+    held-out accuracy on single reviews and on long paragraphs, and the RM's credit faithfulness at both
+    lengths; write models, prompts and manifest.json to `out`."""
     import tokenizers
     import transformers
     from transformers import GPT2LMHeadModel
@@ -329,12 +350,11 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
                                      shapley=False)
     for m in (lm, rm):
         m.set_attn_implementation("sdpa")
-    gold = train_gold(tok, train, lm, seed, lm_steps)  # last, on its own stream: the policy and RM stay as they were
-    torch.set_num_threads(threads)
-
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    for name, model in (("policy", lm), ("reward_model", rm), ("gold_rm", gold)):
+    members = train_golds(tok, train, lm, seed, lm_steps, gold, tmp)  # last, on its own stream: policy and RM stay
+    torch.set_num_threads(threads)
+    for name, model in (("policy", lm), ("reward_model", rm)):
         model.save_pretrained(os.path.join(tmp, name))
         tok.save_pretrained(os.path.join(tmp, name))
     with open(os.path.join(tmp, "prompts.jsonl"), "w") as f:  # held-out reviews: the preset's prompts
@@ -347,12 +367,12 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     manifest = dict(recipe=RECIPE, data=data, corpus_sha256=sha256(data), reviews=len(texts), heldout=len(test),
                     lm_reviews=lm_reviews, rm_reviews=rm_reviews, policy_ends_before=shares,
                     rm_heldout_accuracy=round(acc, 4), rm_long_accuracy=round(long_acc, 4), rm_layers=rm_layers,
-                    faithfulness=faith, faithfulness_long=faith_long, **gold_record(gold, tok, test, long_test, long_len),
+                    faithfulness=faith, faithfulness_long=faith_long, **gold_record(members, tok, test, long_test, long_len, gold),
                     vocab_size=len(tok), size=size,
                     policy_params=sum(p.numel() for p in lm.parameters()), rm_params=sum(p.numel() for p in rm.parameters()),
                     seed=seed, build_seconds=round(time.time() - t0, 1), torch=torch.__version__,
                     transformers=transformers.__version__, tokenizers=tokenizers.__version__,
-                    cpu=cpu_name(), fingerprints={k: fingerprint(os.path.join(tmp, k)) for k in (*MODELS, "gold_rm")})
+                    cpu=cpu_name(), fingerprints=fingerprints(tmp, gold))
     with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
     shutil.rmtree(out, ignore_errors=True)
@@ -366,9 +386,10 @@ def build(data=CORPUS, out=MINI_DIR, seed=0, lm_steps=400, rm_steps=RM_STEPS, si
     return manifest
 
 
-def check(out):
+def check(out, only=None):
     """Raise ValueError if the build at `out` is missing, partial or corrupt, or its weights are not the
-    ones its manifest (for the reference: REFERENCE_FINGERPRINTS) names; else return its manifest."""
+    ones its manifest (for the reference: REFERENCE_FINGERPRINTS) names, or only those of the models
+    `only` names; else return its manifest."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging
 
@@ -381,7 +402,7 @@ def check(out):
         if not os.path.getsize(os.path.join(out, "prompts.jsonl")):
             raise ValueError("prompts.jsonl is empty")
         want = REFERENCE_FINGERPRINTS if is_reference(out) else manifest.get("fingerprints", {})
-        for k, fp in want.items():
+        for k, fp in want.items() if only is None else ((k, want[k]) for k in only):
             if fingerprint(os.path.join(out, k)) != fp:
                 raise ValueError(f"the {k} weights have fingerprint {fingerprint(os.path.join(out, k))}, not {fp}")
     except Exception as e:
@@ -397,7 +418,7 @@ def ensure(out=MINI_DIR):
     """A build committed in the repository (the reference, or a study's under studies/) is checked,
     never rebuilt: another CPU would build other weights. A damaged one raises ValueError. Any other
     folder is a cache: reuse a sound one; rebuild a missing or corrupt one, one made by an older
-    recipe, or one whose corpus file has changed."""
+    recipe, or one whose corpus file has changed, without the gold (`tools/build_mini.py --add_gold`)."""
     if is_reference(out) or any(os.path.realpath(out).startswith(os.path.realpath(os.path.join(HERE, d)) + os.sep)
                                 for d in ("data", "studies")):
         try:
@@ -418,7 +439,8 @@ def ensure(out=MINI_DIR):
                 print(f"mini: {data} changed since {out} was built; rebuilding", file=sys.stderr)
         except ValueError as e:
             print(f"mini: cache is corrupt or partial ({e}); rebuilding", file=sys.stderr)
-    return build(data, out)
+    # Without the gold, which would take the build from 2 minutes to 20; evaluation then says it has none.
+    return build(data, out, gold={})
 
 
 def ensure_preset(args):

@@ -162,6 +162,25 @@ def load_tokenizer(name):
     return tok
 
 
+def gold_members(name):
+    """A gold RM is one sequence classifier, or a folder with one in each subfolder: an ensemble, whose
+    score is the mean of theirs (mini's gold, docs/mini.md). Their paths, or [name]."""
+    if os.path.isdir(name) and not os.path.exists(os.path.join(name, "config.json")):
+        members = [os.path.join(name, d) for d in sorted(os.listdir(name))]
+        members = [m for m in members if os.path.exists(os.path.join(m, "config.json"))]
+        if members:
+            return members
+    return [name]
+
+
+def gold_tokenizer(members):
+    """The tokenizer the gold's members share, or one line and exit 2."""
+    tok = load_tokenizer(members[0])
+    if any(load_tokenizer(member).get_vocab() != tok.get_vocab() for member in members[1:]):
+        fail(f"--gold_rm {os.path.dirname(members[0])}: its members do not share one tokenizer")
+    return tok
+
+
 def check_architectures(policy, reward_model):
     """From the configs alone, before minutes of loading: the policy must be a causal LM and the
     reward model a sequence classifier. Otherwise from_pretrained loads either silently, with

@@ -128,7 +128,7 @@ SMALL = dict(n_layer=2, n_embd=64, n_head=2, n_positions=128)
 def mini_dir(tmp_path_factory):
     """The mini preset built from the whole corpus, smaller and shorter-trained than the default."""
     out = str(tmp_path_factory.mktemp("cache") / "mini")
-    mini.build(mini.CORPUS, out, lm_steps=150, rm_steps=400, size=SMALL)
+    mini.build(mini.CORPUS, out, lm_steps=150, rm_steps=400, size=SMALL, gold={})  # no gold: evaluation reads the proxy
     return out
 
 

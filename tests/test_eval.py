@@ -7,6 +7,7 @@ import pytest
 from conftest import read_jsonl, read_metrics, tiny_args
 
 import abc_ppo
+from plumbing import mini
 
 EVAL = ("--eval_every", "2", "--eval_prompts", "4", "--eval_samples", "3")
 FIELDS = {"step", "proxy_mean", "proxy_se", "gold_mean", "gold_se", "kl", "kl_se", "completion_len", "distinct_2",
@@ -69,6 +70,27 @@ def test_a_gold_that_is_the_proxy_scores_as_the_proxy(tiny, tmp_path, capsys):
     abc_ppo.main(tiny_args(tiny, tmp_path / "none", "--steps", "1", *EVAL))
     assert capsys.readouterr().err.count("evaluation has no gold reward model") == 1
     assert all(r["gold_mean"] is None for r in read_jsonl(tmp_path / "none" / "eval.jsonl"))
+
+
+def test_an_ensemble_gold_scores_the_mean_of_its_members(tiny, tmp_path):
+    """A --gold_rm folder with a classifier in each subfolder, as mini's gold: each completion's gold score
+    is the mean of its members' scores, and config.json records each member's fingerprint."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    gold = tmp_path / "gold"
+    for name, scale in (("a", 1.0), ("b", -3.0)):  # b scores -3 times a: their mean is -a
+        member = AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"])
+        member.score.weight.data *= scale
+        member.save_pretrained(gold / name)
+        AutoTokenizer.from_pretrained(tiny["reward_model"]).save_pretrained(gold / name)
+    for name, judge in (("a", gold / "a"), ("b", gold / "b"), ("both", gold)):
+        abc_ppo.main(tiny_args(tiny, tmp_path / name, "--steps", "1", *EVAL, "--gold_rm", str(judge)))
+    a, b, both = (read_jsonl(tmp_path / name / "eval_samples.jsonl") for name in ("a", "b", "both"))
+    assert [s["completion"] for s in a] == [s["completion"] for s in both]  # the same completions, whatever the judge
+    assert [s["gold"] for s in both] == pytest.approx([(x["gold"] + y["gold"]) / 2 for x, y in zip(a, b)], abs=1e-5)
+    assert [s["gold"] for s in both] == pytest.approx([-x["gold"] for x in a], abs=1e-5)
+    record = json.load(open(tmp_path / "both" / "config.json"))["eval"]["gold_rm"]
+    assert record == {str(gold / name): mini.fingerprint(str(gold / name)) for name in ("a", "b")}
 
 
 def test_kl_coef_holds_the_coefficient_fixed(tiny, tmp_path):

@@ -7,7 +7,7 @@ from conftest import SMALL, read_jsonl, read_metrics
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import abc_ppo
-from plumbing import mini
+from plumbing import mini, presets
 
 
 def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
@@ -16,8 +16,15 @@ def test_build_on_a_reduced_corpus_gives_loadable_checkpoints(tmp_path):
     rows = list(zip(texts[:200], labels[:200])) + [("Great.", 1), (" ".join(["long"] * 150) + " and dull.", 0)]
     data.write_text("text,label\n" + "".join(f'"{t}",{l}\n' for t, l in rows))  # one tiny, one over 128 tokens
     out = str(tmp_path / "mini")
-    manifest = mini.build(str(data), out, lm_steps=20, rm_steps=20, size=SMALL)
+    gold = dict(A=("reviews", 20), B=("policy", 20))  # two members, as GOLD's four, briefly trained
+    manifest = mini.build(str(data), out, lm_steps=20, rm_steps=20, size=SMALL, gold=gold)
     assert manifest["reviews"] == 202 and 0 <= manifest["rm_heldout_accuracy"] <= 1
+    # The gold: its members fingerprinted beside the policy and the RM, its accuracy beside the RM's.
+    assert set(manifest["fingerprints"]) == {"policy", "reward_model", "gold_rm/A", "gold_rm/B"}
+    assert mini.check(out)["fingerprints"] == manifest["fingerprints"] and manifest["gold"] == gold
+    assert 0 <= manifest["gold_heldout_accuracy"] <= 1 and 0 <= manifest["gold_long_accuracy"] <= 1
+    args = abc_ppo.parse_args(["--preset", "mini", "--mini_dir", out])
+    assert args.gold_rm == f"{out}/gold_rm" and len(presets.gold_members(args.gold_rm)) == 2
     assert set(manifest) >= {"corpus_sha256", "policy_params", "rm_params", "torch", "transformers", "tokenizers"}
     # What the recipe is chosen by: how early the policy's samples end, accuracy and faithfulness at two lengths.
     shares = manifest["policy_ends_before"]
@@ -71,7 +78,7 @@ def test_truncated_checkpoint_is_detected_and_rebuilt(mini_dir, tmp_path, monkey
         f.truncate(os.path.getsize(weights) // 2)
     with pytest.raises(ValueError):
         mini.check(broken)
-    monkeypatch.setattr(mini, "build", lambda data, out: shutil.copytree(mini_dir, out, dirs_exist_ok=True))
+    monkeypatch.setattr(mini, "build", lambda data, out, gold: shutil.copytree(mini_dir, out, dirs_exist_ok=True))
     mini.ensure(broken)
     assert "cache is corrupt or partial" in capsys.readouterr().err
     mini.check(broken)  # sound again
@@ -86,9 +93,10 @@ def test_cache_of_an_older_recipe_is_rebuilt(mini_dir, tmp_path, monkeypatch, ca
     manifest = json.load(open(path))
     json.dump(dict(manifest, recipe=mini.RECIPE - 1), open(path, "w"))
     built = []
-    monkeypatch.setattr(mini, "build", lambda data, out: built.append((data, out)))
+    monkeypatch.setattr(mini, "build", lambda data, out, gold: built.append((data, out, gold)))
     mini.ensure(old)
-    assert built == [(os.path.join(mini.HERE, manifest["data"]), old)] and "older recipe" in capsys.readouterr().err
+    # Rebuilt without the gold, which would take 20 minutes (tools/build_mini.py --add_gold adds it).
+    assert built == [(os.path.join(mini.HERE, manifest["data"]), old, {})] and "older recipe" in capsys.readouterr().err
 
 
 def test_short_mini_run_increases_the_reward(mini_dir, tmp_path):
@@ -109,9 +117,13 @@ def test_the_default_models_are_the_committed_reference(monkeypatch):
     monkeypatch.setattr(mini, "build", no_build)
     args = abc_ppo.parse_args(["--preset", "mini"])
     assert args.policy == os.path.join(mini.REFERENCE, "policy")
-    assert {k: mini.fingerprint(getattr(args, k)) for k in mini.MODELS} == mini.REFERENCE_FINGERPRINTS
+    members = presets.gold_members(args.gold_rm)
+    assert {k: mini.fingerprint(getattr(args, k)) for k in mini.MODELS} | {
+        os.path.relpath(m, mini.REFERENCE): mini.fingerprint(m) for m in members} == mini.REFERENCE_FINGERPRINTS
     assert mini.ensure(args.mini_dir)["fingerprints"] == mini.REFERENCE_FINGERPRINTS
-    assert mini.REFERENCE_FINGERPRINTS == dict(policy="b6814e1cd5a5462f", reward_model="008d87767ef1d082")
+    # Recipe 3's policy and RM, unchanged by the gold that recipe 4 added.
+    assert {k: mini.REFERENCE_FINGERPRINTS[k] for k in mini.MODELS} == dict(policy="b6814e1cd5a5462f",
+                                                                           reward_model="008d87767ef1d082")
 
 
 def flip_a_byte(path):
@@ -145,6 +157,6 @@ def test_a_cache_whose_weights_changed_is_rebuilt(mini_dir, tmp_path, monkeypatc
     shutil.copytree(mini_dir, cache)
     flip_a_byte(os.path.join(cache, "policy", "model.safetensors"))
     built = []
-    monkeypatch.setattr(mini, "build", lambda data, out: built.append(out))
+    monkeypatch.setattr(mini, "build", lambda data, out, gold: built.append(out))
     mini.ensure(cache)
     assert built == [cache] and "policy weights have fingerprint" in capsys.readouterr().err

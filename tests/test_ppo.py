@@ -344,6 +344,17 @@ def only_short_texts(tiny, tmp_path):
     return tiny_args(tiny, tmp_path, "--dataset", str(data), "--min_chars", "200")
 
 
+def gold_members_with_two_tokenizers(tiny, tmp_path):
+    import shutil
+
+    for name in ("a", "b"):
+        shutil.copytree(tiny["reward_model"], tmp_path / "gold" / name)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "gold" / "b")
+    tok.add_tokens(["zebra"])
+    tok.save_pretrained(tmp_path / "gold" / "b")
+    return tiny_args(tiny, tmp_path / "run", "--eval_every", "1", "--gold_rm", str(tmp_path / "gold"))
+
+
 def out_dir_inside_a_file(tiny, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -404,6 +415,7 @@ BAD_INPUTS = [
                  id="zero-eval-samples"),
     pytest.param(lambda tiny, tmp: tiny_args(tiny, tmp, "--eval_every", "1", "--gold_rm", str(tmp)),
                  "cannot load gold reward model", id="unreadable-gold-rm"),
+    pytest.param(gold_members_with_two_tokenizers, "its members do not share one tokenizer", id="gold-tokenizers-differ"),
 ]
 
 

@@ -35,7 +35,7 @@ def mini_dir(tmp_path_factory):
     data = root / "reduced.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in zip(texts[:300], labels[:300])))
     mini.build(str(data), str(root / "mini"), lm_steps=30, rm_steps=30,
-               size=dict(n_layer=2, n_embd=32, n_head=2, n_positions=64))
+               size=dict(n_layer=2, n_embd=32, n_head=2, n_positions=64), gold={})
     return str(root / "mini")
 
 
