@@ -6,7 +6,6 @@ import pytest
 from conftest import read_metrics, tiny_args
 
 import abc_ppo
-from plumbing import checkpoints
 from plumbing import mini
 from conftest import load_script
 
