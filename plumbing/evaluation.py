@@ -111,6 +111,7 @@ class Evaluation:
             for b in range(len(seq)):
                 n = int(comp_mask[b].sum())
                 f.write(json.dumps(dict(step=done, prompt=self.record["prompts"][b // self.args.eval_samples],
-                                        completion=self.tok.decode(seq[b, P:P + n]), proxy=proxy[b].item(),
+                                        completion=self.tok.decode(seq[b, P:P + n]),
+                                        completion_ids=seq[b, P:P + n].tolist(), proxy=proxy[b].item(),
                                         gold=None if gold is None else gold[b].item(), kl=kl[b].item())) + "\n")
         os.replace(samples + ".tmp", samples)  # the last evaluation's, whole

@@ -4,6 +4,7 @@ RM is read the way the proxy is. Also --kl_coef, the fixed KL coefficient."""
 import json
 
 import pytest
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from conftest import read_jsonl, read_metrics, tiny_args
 
 import abc_ppo
@@ -35,6 +36,8 @@ def test_evaluation_leaves_training_bit_identical_and_writes_every_field(tiny, e
                                                        for m in done))
     samples = read_jsonl(on / "eval_samples.jsonl")  # the last evaluation's completions
     assert len(samples) == 12 and {s["step"] for s in samples} == {3}
+    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    assert all(tok.decode(s["completion_ids"]) == s["completion"] and s["completion_ids"] for s in samples)
     assert sum(s["gold"] for s in samples) / 12 == pytest.approx(rows[-1]["gold_mean"], abs=1e-5)
     assert sum(s["kl"] for s in samples) / 12 == pytest.approx(rows[-1]["kl"], abs=1e-5)
     prompts = json.load(open(on / "config.json"))["eval"]["prompts"]
@@ -75,8 +78,6 @@ def test_a_gold_that_is_the_proxy_scores_as_the_proxy(tiny, tmp_path, capsys):
 def test_an_ensemble_gold_scores_the_mean_of_its_members(tiny, tmp_path):
     """A --gold_rm folder with a classifier in each subfolder, as mini's gold: each completion's gold score
     is the mean of its members' scores, and config.json records each member's fingerprint."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     gold = tmp_path / "gold"
     for name, scale in (("a", 1.0), ("b", -3.0)):  # b scores -3 times a: their mean is -a
         member = AutoModelForSequenceClassification.from_pretrained(tiny["reward_model"])
