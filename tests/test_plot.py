@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,3 +258,34 @@ def test_eval_png_from_eval_jsonl(out):
     assert set(report.read_evals(str(out))) == {"sparse", "abc"}
     report.main([str(out)])
     assert (out / "eval.png").read_bytes()[:8] == PNG
+
+
+frontier = load_script("studies/frontier/frontier.py")
+
+
+def test_the_frontier_reads_each_run_where_it_spends_its_budget():
+    """By hand: KL [0, 4, 12] with gold [0, 2, 6] reaches KL 8 halfway from the 2nd to the 3rd evaluation
+    (gold 4); KL 2 halfway to the 2nd (gold 1); KL 20 never (its last, 6). A KL that dips back below the budget
+    after reaching it is read at the first crossing."""
+    kl, gold = np.array([0.0, 4.0, 12.0]), np.array([0.0, 2.0, 6.0])
+    assert [frontier.read_at(kl, gold, k) for k in (8, 2, 20)] == [4.0, 1.0, 6.0]
+    assert frontier.read_at(np.array([0.0, 10.0, 3.0]), np.array([0.0, 5.0, 9.0]), 5) == 2.5
+    run = lambda kl, gold, proxy: dict(kl=np.array(kl), gold_mean=np.array(gold), proxy_mean=np.array(proxy),  # noqa: E731
+                                       step=np.array([0.0, 10.0, 20.0]))
+    seeds = {0: {"0.1": run([0, 4, 12], [0, 2, 6], [1, 4, 9]), "0.4": run([0, 1, 3], [0, 3, 3], [1, 1, 1])}}
+    # KL 8: the first run reads gold 4, the second never gets there and reads its last, 3 -> the best, 4.
+    assert frontier.frontier(seeds, "gold_mean", 8, lambda r: r["kl"]) == {0: 4.0}
+    # compute, at a ratio of 2: 20 sparse steps are step 10 -> gold 2 and 3 -> 3.
+    assert frontier.frontier(seeds, "gold_mean", 20, lambda r: r["step"] * 2) == {0: 3.0}
+    # over-optimisation at KL 8: proxy - gold read there, 6.5 - 4 = 2.5 and (never there) 1 - 3 = -2, less step
+    # 0's 1 each: 1.5 and -3, mean -0.75.
+    assert frontier.overoptimisation(seeds, 8) == {0: -0.75}
+
+
+def test_the_gao_fit_recovers_its_curve_and_the_pairing_counts_seeds_ahead():
+    d = np.sqrt(np.array([0.0, 1.0, 4.0, 9.0, 16.0]))
+    gold = d * (2.0 - 0.5 * np.log(np.where(d > 0, d, 1)))  # alpha 2, beta 0.5, gold_0 = 0
+    by_coef = {"c": dict(kl=d ** 2, gold_mean=gold + 7.0)}  # a constant offset: the fit reads the gain
+    assert frontier.gao_fit(by_coef, 4.0) == pytest.approx(2 * (2.0 - 0.5 * np.log(2)))
+    assert frontier.gao_fit(by_coef, 25.0) is None  # beyond the runs' largest KL: no extrapolation
+    assert frontier.paired({0: 3.0, 1: 1.0, 2: 5.0}, {0: 1.0, 1: 2.0}) == "+0.50 ± 3.00 (1/2)"

@@ -1,0 +1,204 @@
+"""The frontier study's tables and figure: each scheme's gold reward at KL and compute budgets, read by the
+estimator committed in docs/results.md before the study's first run ("The gold-reward–KL frontier").
+
+    python studies/frontier/frontier.py studies/frontier --out studies/frontier/frontier
+
+Reads ROOT/<setting>/kl-<C>/<reward>/seed<k>/eval.jsonl. Per run, a reading at a budget is the value where
+the run spends it, linearly interpolated between the two evaluations around that point (KL: the first
+point where the sequence KL reaches K; compute: the fractional step C / ratio); a run that never spends it
+is read at its last evaluation. A scheme-seed's frontier at a budget is the best of its four runs'
+readings (one a coefficient), paired with sparse by seed, ± 2 s.e.
+"""
+import json
+import os
+import sys
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository's root
+from plumbing.runs import analysis_main, mean_2se, one_build  # noqa: E402
+
+SETTINGS = {"8-15": "8–15 free EOS", "forced-90-110": "90–110 forced"}
+SCHEMES = ["sparse", "abc", "red", "ig", "shapley"]
+COEFS = ["0.025", "0.1", "0.4", "1.6"]  # widened by phase 1's rule; 0.05 and 0.2 are outside every estimate
+KL_BUDGETS, COMPUTE_BUDGETS = [2, 5, 10, 20], [20, 40, 80]
+# s/step / sparse's, bench/bench_credit.py on an idle machine, 2026-12-06 (docs/speed.md): 2 threads (the
+# primary reading, committed before the runs) and 1 thread (the check of how much the machine matters).
+RATIO = {"8-15": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.08, shapley=1.67),
+         "forced-90-110": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.18, shapley=2.12)}
+RATIO_1_THREAD = {"8-15": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.15, shapley=1.99),
+                  "forced-90-110": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.28, shapley=2.75)}
+CONTRASTS = [(s, "sparse") for s in SCHEMES[1:]] + [("shapley", "abc"), ("ig", "abc"), ("red", "abc")]
+FIELDS = ["step", "kl", "gold_mean", "proxy_mean", "completion_len", "distinct_2"]
+
+
+def load(root, setting):
+    """{scheme: {seed: {coef: {field: array [evaluations]}}}}, keeping only scheme-seeds with all four
+    coefficients finished (a `done` file), from one build."""
+    runs, configs = {}, []
+    for scheme in SCHEMES:
+        for seed in range(10):
+            by_coef = {}
+            for coef in COEFS:
+                run = os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{seed}")
+                if os.path.exists(os.path.join(run, "done")):
+                    rows = [json.loads(line) for line in open(os.path.join(run, "eval.jsonl"))]
+                    by_coef[coef] = {k: np.array([r[k] for r in rows], dtype=float) for k in FIELDS}
+                    models = json.load(open(os.path.join(run, "config.json"))).get("models")
+                    configs.append(dict(models=json.dumps(models, sort_keys=True) if models else None))
+            if len(by_coef) == len(COEFS):
+                runs.setdefault(scheme, {})[seed] = by_coef
+    one_build(configs, os.path.join(root, setting))
+    return runs
+
+
+def read_at(x, y, budget):
+    """y where x first reaches `budget`, linear between the evaluations around it; y's last if it never does.
+    x [E] is the KL, or the cost in sparse steps, at each evaluation; x[0] = 0 (step 0)."""
+    reached = np.nonzero(x >= budget)[0]
+    reached = reached[reached > 0]
+    if not len(reached):
+        return y[-1]
+    i = reached[0]
+    return y[i - 1] + (budget - x[i - 1]) / (x[i] - x[i - 1]) * (y[i] - y[i - 1])
+
+
+def frontier(runs, field, budget, axis):
+    """{seed: the best over coefficients of each run's `field` read at `budget`}; axis(run) gives the x."""
+    return {seed: max(read_at(axis(run), run[field], budget) for run in by_coef.values())
+            for seed, by_coef in runs.items()}
+
+
+def overoptimisation(runs, budget):
+    """{seed: the mean over its four runs of (proxy - proxy_0) - (gold - gold_0), read at KL `budget`}."""
+    return {seed: np.mean([read_at(run["kl"], run["proxy_mean"] - run["gold_mean"], budget)
+                           - (run["proxy_mean"][0] - run["gold_mean"][0]) for run in by_coef.values()])
+            for seed, by_coef in runs.items()}
+
+
+def gao_fit(by_coef, kl_budget):
+    """Gao et al.'s R(d) = d (alpha - beta ln d), d = sqrt(KL), fitted by least squares to gold - gold_0 over
+    every evaluation of a scheme-seed's runs, read at sqrt(K); None when K exceeds the runs' largest KL."""
+    kl = np.concatenate([run["kl"] for run in by_coef.values()])
+    gain = np.concatenate([run["gold_mean"] - run["gold_mean"][0] for run in by_coef.values()])
+    if kl.max() < kl_budget:
+        return None
+    d = np.sqrt(np.clip(kl, 0, None))
+    d_log_d = np.where(d > 0, d * np.log(np.where(d > 0, d, 1)), 0.0)
+    (alpha, beta), *_ = np.linalg.lstsq(np.stack([d, -d_log_d], 1), gain, rcond=None)
+    return np.sqrt(kl_budget) * (alpha - beta * np.log(np.sqrt(kl_budget)))
+
+
+def cost_axis(setting, scheme, ratio):
+    return lambda run: run["step"] * ratio[setting][scheme]
+
+
+def paired(a, b):
+    """'mean ± 2 s.e. (ahead/n)' of a - b over the seeds both have; '—' without two."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return "—"
+    d = np.array([a[s] - b[s] for s in seeds])
+    m, e = mean_2se(d)
+    return f"{m:+.2f} ± {e:.2f} ({int((d > 0).sum())}/{len(seeds)})"
+
+
+def level(values):
+    if not values:
+        return "—"
+    m, e = mean_2se(np.array(list(values.values())))
+    return f"{m:.2f} ± {e:.2f}"
+
+
+def table(title, runs, readings, budgets, unit):
+    """A markdown table: per budget, each scheme's level and each contrast, from readings(scheme, budget)."""
+    schemes = [s for s in SCHEMES if s in runs]
+    contrasts = [(a, b) for a, b in CONTRASTS if a in runs and b in runs]
+    header = [unit] + schemes + [f"{a} − {b}" for a, b in contrasts]
+    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for budget in budgets:
+        at = {s: readings(s, budget) for s in schemes}
+        lines.append("| " + " | ".join([str(budget)] + [level(at[s]) for s in schemes]
+                                       + [paired(at[a], at[b]) for a, b in contrasts]) + " |")
+    return lines + [""]
+
+
+def mechanism(runs):
+    """Per scheme: the coefficient that most often gives the frontier at KL 10, and the completion length
+    and distinct-2 at the last evaluation of its runs there."""
+    lines = ["| scheme | coefficient (frontier at KL 10, seeds) | completion tokens | distinct-2 |", "|---|---|---|---|"]
+    for scheme, seeds in runs.items():
+        best = [max(by_coef, key=lambda c: read_at(by_coef[c]["kl"], by_coef[c]["gold_mean"], 10))
+                for by_coef in seeds.values()]
+        coef = max(COEFS, key=best.count)
+        length = np.mean([seeds[s][coef]["completion_len"][-1] for s in seeds])
+        d2 = np.mean([seeds[s][coef]["distinct_2"][-1] for s in seeds])
+        lines.append(f"| {scheme} | {coef} ({best.count(coef)}/{len(best)}) | {length:.1f} | {d2:.3f} |")
+    return lines + [""]
+
+
+def plot(ax, runs, field, axis_of, grid, xlabel):
+    """Every evaluation point of every run, and each scheme's frontier over `grid` with ± 2 s.e. bands."""
+    for i, (scheme, seeds) in enumerate(runs.items()):
+        colour = f"C{i}"
+        for by_coef in seeds.values():
+            for run in by_coef.values():
+                ax.scatter(axis_of(scheme)(run), run[field], s=4, alpha=0.25, color=colour)
+        curve = np.array([list(frontier(seeds, field, g, axis_of(scheme)).values()) for g in grid])  # [grid, seeds]
+        m = curve.mean(1)
+        e = 2 * curve.std(1, ddof=1) / np.sqrt(curve.shape[1]) if curve.shape[1] > 1 else 0 * m
+        ax.plot(grid, m, color=colour, label=f"{scheme} ({curve.shape[1]} seeds)")
+        ax.fill_between(grid, m - e, m + e, color=colour, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=7)
+
+
+def analyse(outs, prefix):
+    root = outs[0]
+    md = ["# The gold-reward–KL frontier: tables", "",
+          f"`python studies/frontier/frontier.py {root} --out {prefix}`. The estimator, budgets and ratios were "
+          "committed before the study's first run (docs/results.md). Levels: mean ± 2 s.e. over seeds; "
+          "differences: paired by seed ± 2 s.e. (seeds ahead/n). Only scheme-seeds with all four coefficients "
+          f"finished count ({', '.join(COEFS)}).", ""]
+    fig, axes = plt.subplots(len(SETTINGS), 3, figsize=(15, 4.5 * len(SETTINGS)), squeeze=False)
+    for row, (setting, name) in enumerate(SETTINGS.items()):
+        runs = load(root, setting)
+        if not runs:
+            continue
+        md += [f"## {name}", "", "Runs: " + ", ".join(f"{s} {len(v)} seeds" for s, v in runs.items()), ""]
+        kl_axis = lambda scheme: lambda run: run["kl"]  # noqa: E731
+        gold_at = lambda s, k: frontier(runs[s], "gold_mean", k, kl_axis(s))  # noqa: E731
+        md += table("Gold at a KL budget (the primary estimator)", runs, gold_at, KL_BUDGETS, "KL")
+        md += table("Proxy at a KL budget", runs, lambda s, k: frontier(runs[s], "proxy_mean", k, kl_axis(s)),
+                    KL_BUDGETS, "KL")
+        for title, ratio in (("primary: 2-thread ratios", RATIO), ("check: 1-thread ratios", RATIO_1_THREAD)):
+            md += table(f"Gold at a compute budget, sparse-step equivalents ({title})", runs,
+                        lambda s, c, ratio=ratio: frontier(runs[s], "gold_mean", c, cost_axis(setting, s, ratio)),
+                        COMPUTE_BUDGETS, "sparse steps")
+        md += table("Gold gain at a KL budget, Gao et al.'s fit (secondary)", runs,
+                    lambda s, k: {seed: v for seed, by_coef in runs[s].items()
+                                  if (v := gao_fit(by_coef, k)) is not None}, KL_BUDGETS, "KL")
+        md += table("Over-optimisation: (proxy − proxy₀) − (gold − gold₀) at a KL budget, mean of the four runs",
+                    runs, lambda s, k: overoptimisation(runs[s], k), KL_BUDGETS, "KL")
+        md += ["**The mechanism**", ""] + mechanism(runs)
+        top_kl = max(run["kl"].max() for seeds in runs.values() for by_coef in seeds.values() for run in by_coef.values())
+        kl_grid = np.linspace(0, min(top_kl, 40), 41)
+        plot(axes[row, 0], runs, "gold_mean", kl_axis, kl_grid, "sequence KL (nats)")
+        plot(axes[row, 1], runs, "proxy_mean", kl_axis, kl_grid, "sequence KL (nats)")
+        plot(axes[row, 2], runs, "gold_mean", lambda s: cost_axis(setting, s, RATIO), np.linspace(0, 80, 41),
+             "compute (sparse-step equivalents)")
+        for col, what in enumerate(("gold", "proxy", "gold")):
+            axes[row, col].set_ylabel(f"{what} score, {name}")
+    with open(prefix + ".md", "w") as f:
+        f.write("\n".join(md))
+    fig.tight_layout()
+    fig.savefig(prefix + ".png", dpi=110)
+    print(f"wrote {prefix}.md and {prefix}.png")
+
+
+if __name__ == "__main__":
+    analysis_main(analyse, __doc__, "the study's root folder, studies/frontier")
