@@ -9,7 +9,8 @@
 # Every run so far used the code of commit 26f9df5, from a worktree; to resume on a new machine:
 #   git worktree add /work/frontier 26f9df5 && cd /work/frontier &&
 #   STUDIES=/work/main/studies COEFS="0.025 0.1 0.4 1.6" JOBS=2 bash studies/frontier/study.sh
-# (that commit's script still lists the first coefficients, hence COEFS), and commit each finished run.
+# (that commit's script still lists the first coefficients, hence COEFS), and, from /work/main,
+#   bash studies/commit_runs.sh studies/frontier &
 source "$(dirname "$0")/../common.sh"
 # Phase 1 at 0.05 0.1 0.2 0.4 failed the rule in both settings (results.md), so the study reads the
 # widened set; sparse's runs at 0.05 and 0.2 stay committed, outside every estimate.
