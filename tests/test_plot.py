@@ -289,3 +289,42 @@ def test_the_gao_fit_recovers_its_curve_and_the_pairing_counts_seeds_ahead():
     assert frontier.gao_fit(by_coef, 4.0) == pytest.approx(2 * (2.0 - 0.5 * np.log(2)))
     assert frontier.gao_fit(by_coef, 25.0) is None  # beyond the runs' largest KL: no extrapolation
     assert frontier.paired({0: 3.0, 1: 1.0, 2: 5.0}, {0: 1.0, 1: 2.0}) == "+0.50 ± 3.00 (1/2)"
+
+
+def test_the_frontier_mechanism_recomputes_each_schemes_credit_on_its_samples(tiny, policy_tok, tmp_path):
+    """sample_credit gives each evaluation sample its scheme's credit as training did (per_token_rewards on the
+    run's RM and flags): sparse's is the RM's score on the last token, every scheme's row sums to the score
+    (red's to score - s_0), and on the tiny RM, which scores by ' good', the credit of abc, red and shapley
+    (β 1: none of it held back for the last token) ranks ' good' first in every completion."""
+    import reward
+    import torch
+    from conftest import pad
+
+    good = policy_tok(" good")["input_ids"]
+    assert len(good) == 1
+    texts = [" was very good and the plot", " the movie is good", " a good film and music", " the film was good"]
+    samples = [dict(step=80, prompt="the film", completion_ids=policy_tok(t)["input_ids"]) for t in texts]
+    prompt = policy_tok("the film")["input_ids"]
+    seq, _ = pad([prompt + x["completion_ids"] for x in samples], policy_tok.pad_token_id, side="right")
+    comp_mask = pad([x["completion_ids"] for x in samples], 0, side="right")[1]
+    prompt_mask = torch.ones(len(samples), len(prompt), dtype=torch.long)
+    rm = frontier.rm_and_tokenizers(tiny["policy"], tiny["reward_model"])[0]
+    score, _, prefix = reward.score_completions(rm, None, policy_tok, seq, prompt_mask, comp_mask, 1)  # [B], [B, G+1]
+    flags = dict(policy=tiny["policy"], reward_model=tiny["reward_model"], beta=1.0, score_eos=1, shapley_units=16,
+                 shapley_perms=8, ig_steps=8, seed=0)
+    credited = {}
+    for scheme in ("sparse", "abc", "red", "shapley", "ig"):
+        run = tmp_path / scheme
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps(dict(flags=flags | dict(reward=scheme))))
+        (run / "eval_samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+        credited[scheme] = frontier.sample_credit(str(run), chunk=3)  # two chunks of unequal width
+        assert [ids for ids, _ in credited[scheme]] == [x["completion_ids"] for x in samples]
+        total = score - prefix[:, 0] if scheme == "red" else score
+        assert [sum(c) for _, c in credited[scheme]] == pytest.approx(total.tolist(), abs=1e-4)
+    for (ids, credit), s in zip(credited["sparse"], score.tolist()):
+        assert credit[:-1] == [0.0] * (len(ids) - 1) and credit[-1] == pytest.approx(s)
+    for scheme in ("abc", "red", "shapley"):
+        assert frontier.top_tokens(credited[scheme], n=1) == [(good[0], 1.0)], scheme
+    assert frontier.per_completion(good[0], credited["abc"]) == 1.0
+    assert frontier.top_tokens([([5, 6], [0.1, 0.3]), ([6, 7], [0.5, 0.2]), ([8], [1.0])]) == [(6, 2 / 3), (8, 1 / 3)]

@@ -9,17 +9,24 @@ point where the sequence KL reaches K; compute: the fractional step C / ratio); 
 is read at its last evaluation. A scheme-seed's frontier at a budget is the best of its four runs'
 readings (one a coefficient), paired with sparse by seed, ± 2 s.e.
 """
+import argparse
+import collections
+import functools
 import json
 import os
 import sys
 
 import matplotlib
 import numpy as np
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))  # the repository's root
+import reward  # noqa: E402
+from plumbing.attention import KERNEL  # noqa: E402
+from plumbing import presets  # noqa: E402
 from plumbing.runs import analysis_main, mean_2se, one_build  # noqa: E402
 
 SETTINGS = {"8-15": "8–15 free EOS", "forced-90-110": "90–110 forced"}
@@ -127,17 +134,85 @@ def table(title, runs, readings, budgets, unit):
     return lines + [""]
 
 
-def mechanism(runs):
-    """Per scheme: the coefficient that most often gives the frontier at KL 10, and the completion length
-    and distinct-2 at the last evaluation of its runs there."""
-    lines = ["| scheme | coefficient (frontier at KL 10, seeds) | completion tokens | distinct-2 |", "|---|---|---|---|"]
+def mechanism_coef(seeds):
+    """The coefficient that most often gives a scheme's frontier at KL 10 (the first in COEFS on a tie), and
+    on how many of its seeds."""
+    best = [max(by_coef, key=lambda c: read_at(by_coef[c]["kl"], by_coef[c]["gold_mean"], 10))
+            for by_coef in seeds.values()]
+    coef = max(COEFS, key=best.count)
+    return coef, best.count(coef)
+
+
+@functools.lru_cache
+def rm_and_tokenizers(policy, reward_model):
+    """The run's RM (float32, the row kernel ABC reads), the policy's tokenizer, and the RM's own (None when shared)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    rm = presets.load("reward model", AutoModelForSequenceClassification, reward_model, attn_implementation=KERNEL,
+              dtype=torch.float32).eval().requires_grad_(False)
+    tok, rm_tok = presets.load_tokenizer(policy), presets.load_tokenizer(reward_model)
+    return rm, tok, None if rm_tok.get_vocab() == tok.get_vocab() else rm_tok
+
+
+def sample_credit(run_dir, chunk=64):
+    """The last evaluation's completions of a run (eval_samples.jsonl) with the credit r_t [n] that the run's
+    scheme gives each of their n tokens, recomputed by reward.per_token_rewards on the run's RM and flags
+    (shapley's orders drawn from the run's seed). A prompt's ids are its text's: the fixed prompts'
+    decode-encode round trip is exact on mini. Returns [(completion_ids, credit)]."""
+    flags = json.load(open(os.path.join(run_dir, "config.json")))["flags"]
+    rm, tok, rm_tok = rm_and_tokenizers(flags["policy"], flags["reward_model"])
+    models = argparse.Namespace(tok=tok, rm=rm, rm_tok=rm_tok)
+    samples = [json.loads(line) for line in open(os.path.join(run_dir, "eval_samples.jsonl"))]
+    generator, pad, out = torch.Generator().manual_seed(flags["seed"]), tok.pad_token_id, []
+    for start in range(0, len(samples), chunk):
+        batch = samples[start:start + chunk]
+        prompts = [tok(x["prompt"])["input_ids"] for x in batch]
+        completions = [x["completion_ids"] for x in batch]
+        P, G = max(map(len, prompts)), max(map(len, completions))
+        seq = torch.tensor([[pad] * (P - len(p)) + p + c + [pad] * (G - len(c)) for p, c in zip(prompts, completions)])
+        prompt_mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])  # [B, P], left-padded
+        comp_mask = torch.tensor([[1] * len(c) + [0] * (G - len(c)) for c in completions])  # [B, G]
+        _, credit, _ = reward.per_token_rewards(argparse.Namespace(**flags), models, seq, prompt_mask, comp_mask,
+                                                generator=generator)  # [B, G]
+        out += [(c, credit[b, :len(c)].tolist()) for b, c in enumerate(completions)]
+    return out
+
+
+def top_tokens(credited, n=3):
+    """The n tokens on which a completion's largest credit most often falls: [(token id, share of completions)]."""
+    top = collections.Counter(ids[int(np.argmax(credit))] for ids, credit in credited)
+    return [(token, count / len(credited)) for token, count in top.most_common(n)]
+
+
+def per_completion(token, credited):
+    """How often `token` occurs in a completion, on average."""
+    return np.mean([ids.count(token) for ids, _ in credited])
+
+
+def mechanism(root, setting, runs):
+    """Per scheme, at its mechanism coefficient (mechanism_coef), pooled over seeds at the last evaluation:
+    completion length and distinct-2, the tokens its own credit ranks first, and how often they occur in its
+    completions and in sparse's (at sparse's coefficient): new words, or the same words more often?"""
+    lines = ["| scheme | coefficient (frontier at KL 10, seeds) | completion tokens | distinct-2 "
+             "| top token by credit (share of completions) | its count a completion, here / sparse's |",
+             "|---|---|---|---|---|---|"]
+    credited = {}
     for scheme, seeds in runs.items():
-        best = [max(by_coef, key=lambda c: read_at(by_coef[c]["kl"], by_coef[c]["gold_mean"], 10))
-                for by_coef in seeds.values()]
-        coef = max(COEFS, key=best.count)
+        coef, count = mechanism_coef(seeds)
+        credited[scheme] = [x for seed in seeds
+                            for x in sample_credit(os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{seed}"))]
         length = np.mean([seeds[s][coef]["completion_len"][-1] for s in seeds])
         d2 = np.mean([seeds[s][coef]["distinct_2"][-1] for s in seeds])
-        lines.append(f"| {scheme} | {coef} ({best.count(coef)}/{len(best)}) | {length:.1f} | {d2:.3f} |")
+        flags = json.load(open(os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{min(seeds)}", "config.json")))
+        tok = rm_and_tokenizers(flags["flags"]["policy"], flags["flags"]["reward_model"])[1]
+        top = top_tokens(credited[scheme])
+        shown = lambda token: "`" + repr(tok.decode([token])).replace("|", "\\|") + "`"  # noqa: E731
+        words = ", ".join(f"{shown(t)} {share:.0%}" for t, share in top)
+        rates = ", ".join(f"{per_completion(t, credited[scheme]):.2f} / {per_completion(t, credited['sparse']):.2f}"
+                          for t, _ in top) if "sparse" in credited else "—"
+        lines.append(f"| {scheme} | {coef} ({count}/{len(seeds)}) | {length:.1f} | {d2:.3f} | {words} | {rates} |")
     return lines + [""]
 
 
@@ -184,7 +259,7 @@ def analyse(outs, prefix):
                                   if (v := gao_fit(by_coef, k)) is not None}, KL_BUDGETS, "KL")
         md += table("Over-optimisation: (proxy − proxy₀) − (gold − gold₀) at a KL budget, mean of the four runs",
                     runs, lambda s, k: overoptimisation(runs[s], k), KL_BUDGETS, "KL")
-        md += ["**The mechanism**", ""] + mechanism(runs)
+        md += ["**The mechanism**", ""] + mechanism(root, setting, runs)
         top_kl = max(run["kl"].max() for seeds in runs.values() for by_coef in seeds.values() for run in by_coef.values())
         kl_grid = np.linspace(0, min(top_kl, 40), 41)
         plot(axes[row, 0], runs, "gold_mean", kl_axis, kl_grid, "sequence KL (nats)")
