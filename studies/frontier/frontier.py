@@ -216,19 +216,26 @@ def mechanism(root, setting, runs):
     return lines + [""]
 
 
-def plot(ax, runs, field, axis_of, grid, xlabel):
-    """Every evaluation point of every run, and each scheme's frontier over `grid` with ± 2 s.e. bands."""
+def plot(ax, runs, field, axis_of, grid, budgets, xlabel):
+    """Every evaluation point of every run, each scheme's frontier over `grid` with ± 2 s.e. bands, and the
+    budgets as dotted lines. The axis ends with the grid: points beyond it are counted in the label."""
+    beyond = 0
     for i, (scheme, seeds) in enumerate(runs.items()):
         colour = f"C{i}"
         for by_coef in seeds.values():
             for run in by_coef.values():
-                ax.scatter(axis_of(scheme)(run), run[field], s=4, alpha=0.25, color=colour)
+                x = axis_of(scheme)(run)
+                ax.scatter(x, run[field], s=4, alpha=0.25, color=colour)
+                beyond += int((x > grid[-1]).sum())
         curve = np.array([list(frontier(seeds, field, g, axis_of(scheme)).values()) for g in grid])  # [grid, seeds]
         m = curve.mean(1)
         e = 2 * curve.std(1, ddof=1) / np.sqrt(curve.shape[1]) if curve.shape[1] > 1 else 0 * m
         ax.plot(grid, m, color=colour, label=f"{scheme} ({curve.shape[1]} seeds)")
         ax.fill_between(grid, m - e, m + e, color=colour, alpha=0.2)
-    ax.set_xlabel(xlabel)
+    for budget in budgets:
+        ax.axvline(budget, color="grey", lw=0.6, ls=":")
+    ax.set_xlim(grid[0] - 0.02 * grid[-1], grid[-1] * 1.02)
+    ax.set_xlabel(xlabel + (f"; {beyond} points beyond" if beyond else ""))
     ax.legend(fontsize=7)
 
 
@@ -262,10 +269,10 @@ def analyse(outs, prefix):
         md += ["**The mechanism**", ""] + mechanism(root, setting, runs)
         top_kl = max(run["kl"].max() for seeds in runs.values() for by_coef in seeds.values() for run in by_coef.values())
         kl_grid = np.linspace(0, min(top_kl, 40), 41)
-        plot(axes[row, 0], runs, "gold_mean", kl_axis, kl_grid, "sequence KL (nats)")
-        plot(axes[row, 1], runs, "proxy_mean", kl_axis, kl_grid, "sequence KL (nats)")
+        plot(axes[row, 0], runs, "gold_mean", kl_axis, kl_grid, KL_BUDGETS, "sequence KL (nats)")
+        plot(axes[row, 1], runs, "proxy_mean", kl_axis, kl_grid, KL_BUDGETS, "sequence KL (nats)")
         plot(axes[row, 2], runs, "gold_mean", lambda s: cost_axis(setting, s, RATIO), np.linspace(0, 80, 41),
-             "compute (sparse-step equivalents)")
+             COMPUTE_BUDGETS, "compute (sparse-step equivalents)")
         for col, what in enumerate(("gold", "proxy", "gold")):
             axes[row, col].set_ylabel(f"{what} score, {name}")
     with open(prefix + ".md", "w") as f:
