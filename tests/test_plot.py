@@ -289,6 +289,10 @@ def test_the_gao_fit_recovers_its_curve_and_the_pairing_counts_seeds_ahead():
     assert frontier.gao_fit(by_coef, 4.0) == pytest.approx(2 * (2.0 - 0.5 * np.log(2)))
     assert frontier.gao_fit(by_coef, 25.0) is None  # beyond the runs' largest KL: no extrapolation
     assert frontier.paired({0: 3.0, 1: 1.0, 2: 5.0}, {0: 1.0, 1: 2.0}) == "+0.50 ± 3.00 (1/2)"
+    # bold only where the interval excludes 0: d = [2, 3], sd 0.71, 2 s.e. 1.00
+    assert frontier.paired({0: 3.0, 1: 1.0}, {0: 1.0, 1: 2.0}, bold=True) == "+0.50 ± 3.00 (1/2)"
+    assert frontier.paired({0: 2.0, 1: 3.0}, {0: 0.0, 1: 0.0}, bold=True) == "**+2.50 ± 1.00 (2/2)**"
+    assert frontier.paired({0: 0.0, 1: 0.0}, {0: 2.0, 1: 3.0}) == "−2.50 ± 1.00 (0/2)"
 
 
 def test_the_frontier_mechanism_recomputes_each_schemes_credit_on_its_samples(tiny, policy_tok, tmp_path):

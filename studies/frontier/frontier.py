@@ -39,7 +39,12 @@ RATIO = {"8-15": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.08, shapley=1.67),
          "forced-90-110": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.18, shapley=2.12)}
 RATIO_1_THREAD = {"8-15": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.15, shapley=1.99),
                   "forced-90-110": dict(sparse=1.0, abc=1.0, red=1.0, ig=1.28, shapley=2.75)}
+# An illustration added after the runs, never a primary reading: the same runs priced at the s/step ratios of a
+# GPT-2-sized (124M) policy and RM, 2026-12-05 (docs/speed.md): what the price would be at that size.
+RATIO_124M = {"8-15": dict(sparse=1.0, abc=1.00, red=1.00, ig=1.80, shapley=4.79),
+              "forced-90-110": dict(sparse=1.0, abc=0.98, red=0.98, ig=2.05, shapley=7.28)}
 CONTRASTS = [(s, "sparse") for s in SCHEMES[1:]] + [("shapley", "abc"), ("ig", "abc"), ("red", "abc")]
+VERDICT = CONTRASTS[:5]  # the README's columns: each scheme against sparse, and shapley against abc
 FIELDS = ["step", "kl", "gold_mean", "proxy_mean", "completion_len", "distinct_2"]
 
 
@@ -104,14 +109,16 @@ def cost_axis(setting, scheme, ratio):
     return lambda run: run["step"] * ratio[setting][scheme]
 
 
-def paired(a, b):
-    """'mean ± 2 s.e. (ahead/n)' of a - b over the seeds both have; '—' without two."""
+def paired(a, b, bold=False):
+    """'mean ± 2 s.e. (ahead/n)' of a - b over the seeds both have ('**…**' with bold, where the interval
+    excludes 0); '—' without two."""
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         return "—"
     d = np.array([a[s] - b[s] for s in seeds])
     m, e = mean_2se(d)
-    return f"{m:+.2f} ± {e:.2f} ({int((d > 0).sum())}/{len(seeds)})"
+    text = f"{m:+.2f} ± {e:.2f} ({int((d > 0).sum())}/{len(seeds)})".replace("-", "−")
+    return f"**{text}**" if bold and abs(m) > e else text
 
 
 def level(values):
@@ -132,6 +139,18 @@ def table(title, runs, readings, budgets, unit):
         lines.append("| " + " | ".join([str(budget)] + [level(at[s]) for s in schemes]
                                        + [paired(at[a], at[b]) for a, b in contrasts]) + " |")
     return lines + [""]
+
+
+def verdict(name, runs, readings):
+    """The README's rows for one setting: the gold difference of each VERDICT contrast at every KL and compute
+    budget (readings(scheme, "KL"|"compute", budget)), bold where its interval excludes 0."""
+    lines = []
+    for unit, budgets in (("KL", KL_BUDGETS), ("compute", COMPUTE_BUDGETS)):
+        for budget in budgets:
+            at = {s: readings(s, unit, budget) for s in runs}
+            cells = [paired(at[a], at[b], bold=True) if a in at and b in at else "—" for a, b in VERDICT]
+            lines.append(f"| {name if not lines else ''} | {unit} {budget} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def mechanism_coef(seeds):
@@ -246,6 +265,11 @@ def analyse(outs, prefix):
           "committed before the study's first run (docs/results.md). Levels: mean ± 2 s.e. over seeds; "
           "differences: paired by seed ± 2 s.e. (seeds ahead/n). Only scheme-seeds with all four coefficients "
           f"finished count ({', '.join(COEFS)}).", ""]
+    verdict_table = ["## The verdict table (the README's)", "",
+                     "Gold at a budget minus sparse's (shapley − abc last), paired by seed ± 2 s.e. (seeds ahead); "
+                     "compute in sparse-step equivalents at the primary ratios; bold: the interval excludes 0.", "",
+                     "| setting | budget | " + " | ".join(f"{a} − {b}" for a, b in VERDICT) + " |",
+                     "|---|---|" + "---|" * len(VERDICT)]
     fig, axes = plt.subplots(len(SETTINGS), 3, figsize=(15, 4.5 * len(SETTINGS)), squeeze=False)
     for row, (setting, name) in enumerate(SETTINGS.items()):
         runs = load(root, setting)
@@ -254,10 +278,13 @@ def analyse(outs, prefix):
         md += [f"## {name}", "", "Runs: " + ", ".join(f"{s} {len(v)} seeds" for s, v in runs.items()), ""]
         kl_axis = lambda scheme: lambda run: run["kl"]  # noqa: E731
         gold_at = lambda s, k: frontier(runs[s], "gold_mean", k, kl_axis(s))  # noqa: E731
+        verdict_table += verdict(f"{name} ({min(map(len, runs.values()))} seeds)", runs, lambda s, unit, budget: gold_at(
+            s, budget) if unit == "KL" else frontier(runs[s], "gold_mean", budget, cost_axis(setting, s, RATIO)))
         md += table("Gold at a KL budget (the primary estimator)", runs, gold_at, KL_BUDGETS, "KL")
         md += table("Proxy at a KL budget", runs, lambda s, k: frontier(runs[s], "proxy_mean", k, kl_axis(s)),
                     KL_BUDGETS, "KL")
-        for title, ratio in (("primary: 2-thread ratios", RATIO), ("check: 1-thread ratios", RATIO_1_THREAD)):
+        for title, ratio in (("primary: 2-thread ratios", RATIO), ("check: 1-thread ratios", RATIO_1_THREAD),
+                             ("illustration, added after the runs: 124M's ratios", RATIO_124M)):
             md += table(f"Gold at a compute budget, sparse-step equivalents ({title})", runs,
                         lambda s, c, ratio=ratio: frontier(runs[s], "gold_mean", c, cost_axis(setting, s, ratio)),
                         COMPUTE_BUDGETS, "sparse steps")
@@ -276,7 +303,7 @@ def analyse(outs, prefix):
         for col, what in enumerate(("gold", "proxy", "gold")):
             axes[row, col].set_ylabel(f"{what} score, {name}")
     with open(prefix + ".md", "w") as f:
-        f.write("\n".join(md))
+        f.write("\n".join(md[:4] + verdict_table + [""] + md[4:]))
     fig.tight_layout()
     fig.savefig(prefix + ".png", dpi=110)
     print(f"wrote {prefix}.md and {prefix}.png")
