@@ -235,18 +235,19 @@ def mechanism(root, setting, runs):
     return lines + [""]
 
 
-def plot(ax, runs, field, axis_of, grid, budgets, xlabel):
-    """Every evaluation point of every run, each scheme's frontier over `grid` with ± 2 s.e. bands, and the
-    budgets as dotted lines. The axis ends with the grid: points beyond it are counted in the label."""
+def plot(ax, runs, y_of, reading, axis_of, grid, budgets, xlabel):
+    """Every evaluation point of every run (y_of(run)), each scheme's reading(seeds, budget, axis) over `grid`
+    with ± 2 s.e. bands over seeds, and the budgets as dotted lines. The axis ends with the grid: points beyond
+    it are counted in the label."""
     beyond = 0
     for i, (scheme, seeds) in enumerate(runs.items()):
         colour = f"C{i}"
         for by_coef in seeds.values():
             for run in by_coef.values():
                 x = axis_of(scheme)(run)
-                ax.scatter(x, run[field], s=4, alpha=0.25, color=colour)
+                ax.scatter(x, y_of(run), s=4, alpha=0.25, color=colour)
                 beyond += int((x > grid[-1]).sum())
-        curve = np.array([list(frontier(seeds, field, g, axis_of(scheme)).values()) for g in grid])  # [grid, seeds]
+        curve = np.array([list(reading(seeds, g, axis_of(scheme)).values()) for g in grid])  # [grid, seeds]
         m = curve.mean(1)
         e = 2 * curve.std(1, ddof=1) / np.sqrt(curve.shape[1]) if curve.shape[1] > 1 else 0 * m
         ax.plot(grid, m, color=colour, label=f"{scheme} ({curve.shape[1]} seeds)")
@@ -270,7 +271,7 @@ def analyse(outs, prefix):
                      "compute in sparse-step equivalents at the primary ratios; bold: the interval excludes 0.", "",
                      "| setting | budget | " + " | ".join(f"{a} − {b}" for a, b in VERDICT) + " |",
                      "|---|---|" + "---|" * len(VERDICT)]
-    fig, axes = plt.subplots(len(SETTINGS), 3, figsize=(15, 4.5 * len(SETTINGS)), squeeze=False)
+    fig, axes = plt.subplots(len(SETTINGS), 4, figsize=(20, 4.5 * len(SETTINGS)), squeeze=False)
     for row, (setting, name) in enumerate(SETTINGS.items()):
         runs = load(root, setting)
         if not runs:
@@ -296,12 +297,19 @@ def analyse(outs, prefix):
         md += ["**The mechanism**", ""] + mechanism(root, setting, runs)
         top_kl = max(run["kl"].max() for seeds in runs.values() for by_coef in seeds.values() for run in by_coef.values())
         kl_grid = np.linspace(0, min(top_kl, 40), 41)
-        plot(axes[row, 0], runs, "gold_mean", kl_axis, kl_grid, KL_BUDGETS, "sequence KL (nats)")
-        plot(axes[row, 1], runs, "proxy_mean", kl_axis, kl_grid, KL_BUDGETS, "sequence KL (nats)")
-        plot(axes[row, 2], runs, "gold_mean", lambda s: cost_axis(setting, s, RATIO), np.linspace(0, 80, 41),
-             COMPUTE_BUDGETS, "compute (sparse-step equivalents)")
-        for col, what in enumerate(("gold", "proxy", "gold")):
-            axes[row, col].set_ylabel(f"{what} score, {name}")
+        best = lambda field: lambda seeds, g, axis: frontier(seeds, field, g, axis)  # noqa: E731
+        plot(axes[row, 0], runs, lambda run: run["gold_mean"], best("gold_mean"), kl_axis, kl_grid, KL_BUDGETS,
+             "sequence KL (nats)")
+        plot(axes[row, 1], runs, lambda run: run["proxy_mean"], best("proxy_mean"), kl_axis, kl_grid, KL_BUDGETS,
+             "sequence KL (nats)")
+        plot(axes[row, 2], runs, lambda run: run["gold_mean"], best("gold_mean"), lambda s: cost_axis(setting, s, RATIO),
+             np.linspace(0, 80, 41), COMPUTE_BUDGETS, "compute (sparse-step equivalents)")
+        gap = lambda run: run["proxy_mean"] - run["gold_mean"] - (run["proxy_mean"][0] - run["gold_mean"][0])  # noqa: E731
+        plot(axes[row, 3], runs, gap, lambda seeds, g, axis: overoptimisation(seeds, g), kl_axis, kl_grid, KL_BUDGETS,
+             "sequence KL (nats)")
+        for col, what in enumerate(("gold score", "proxy score", "gold score",
+                                    "(proxy − proxy₀) − (gold − gold₀), mean of 4 runs")):
+            axes[row, col].set_ylabel(f"{what}, {name}", fontsize=8 if col == 3 else None)
     with open(prefix + ".md", "w") as f:
         f.write("\n".join(md[:4] + verdict_table + [""] + md[4:]))
     fig.tight_layout()
