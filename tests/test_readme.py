@@ -31,3 +31,17 @@ def test_reading_path_line_numbers_match_the_code():
     assert "The masks" in code[int(re.search(r"one comment at line (\d+)", path).group(1)) - 1]
     doc_end = int(re.search(r"`abc_ppo.py` lines 1–(\d+)", path).group(1))
     assert code[doc_end - 1] == '"""' and code[0].startswith('"""')  # the top docstring, whole
+
+
+def test_the_verdict_table_is_the_frontier_studys_own():
+    """Every row of the README's verdict table and of results.md's is a row that studies/frontier/frontier.py
+    wrote to studies/frontier/frontier.md: no figure in the verdict is typed by hand."""
+    written = set(open(os.path.join(ROOT, "studies/frontier/frontier.md")).read().splitlines())
+    for doc, start, end in (("README.md", "## Which credit should I use?", "\n## "),
+                            ("docs/results.md", "### The verdict table", "\n### ")):
+        text = open(os.path.join(ROOT, doc)).read()
+        section = text[text.index(start):]
+        section = section[:section.index(end, len(start))]
+        rows = [row for row in section.splitlines() if row.startswith("| ") and " ± " in row]
+        assert len(rows) == 14, doc  # 2 settings x (4 KL + 3 compute budgets)
+        assert [row for row in rows if row not in written] == [], doc
