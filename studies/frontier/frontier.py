@@ -170,7 +170,7 @@ def rm_and_tokenizers(policy, reward_model):
 
     logging.disable_progress_bar()
     rm = presets.load("reward model", AutoModelForSequenceClassification, reward_model, attn_implementation=KERNEL,
-              dtype=torch.float32).eval().requires_grad_(False)
+                      dtype=torch.float32).eval().requires_grad_(False)
     tok, rm_tok = presets.load_tokenizer(policy), presets.load_tokenizer(reward_model)
     return rm, tok, None if rm_tok.get_vocab() == tok.get_vocab() else rm_tok
 
