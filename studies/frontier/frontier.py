@@ -48,6 +48,10 @@ VERDICT = CONTRASTS[:5]  # the README's columns: each scheme against sparse, and
 FIELDS = ["step", "kl", "gold_mean", "proxy_mean", "completion_len", "distinct_2"]
 
 
+def run_path(root, setting, coef, scheme, seed):
+    return os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{seed}")
+
+
 def load(root, setting):
     """{scheme: {seed: {coef: {field: array [evaluations]}}}}, keeping only scheme-seeds with all four
     coefficients finished (a `done` file), from one build."""
@@ -56,7 +60,7 @@ def load(root, setting):
         for seed in range(10):
             by_coef = {}
             for coef in COEFS:
-                run = os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{seed}")
+                run = run_path(root, setting, coef, scheme, seed)
                 if os.path.exists(os.path.join(run, "done")):
                     rows = [json.loads(line) for line in open(os.path.join(run, "eval.jsonl"))]
                     by_coef[coef] = {k: np.array([r[k] for r in rows], dtype=float) for k in FIELDS}
@@ -85,10 +89,14 @@ def frontier(runs, field, budget, axis):
             for seed, by_coef in runs.items()}
 
 
+def gap(run):
+    """(proxy - proxy_0) - (gold - gold_0) at each of a run's evaluations [E]."""
+    return run["proxy_mean"] - run["gold_mean"] - (run["proxy_mean"][0] - run["gold_mean"][0])
+
+
 def overoptimisation(runs, budget):
-    """{seed: the mean over its four runs of (proxy - proxy_0) - (gold - gold_0), read at KL `budget`}."""
-    return {seed: np.mean([read_at(run["kl"], run["proxy_mean"] - run["gold_mean"], budget)
-                           - (run["proxy_mean"][0] - run["gold_mean"][0]) for run in by_coef.values()])
+    """{seed: the mean over its four runs of the gap, read at KL `budget`}."""
+    return {seed: np.mean([read_at(run["kl"], gap(run), budget) for run in by_coef.values()])
             for seed, by_coef in runs.items()}
 
 
@@ -141,13 +149,13 @@ def table(title, runs, readings, budgets, unit):
     return lines + [""]
 
 
-def verdict(name, runs, readings):
+def verdict(name, runs, gold_at_kl, gold_at_compute):
     """The README's rows for one setting: the gold difference of each VERDICT contrast at every KL and compute
-    budget (readings(scheme, "KL"|"compute", budget)), bold where its interval excludes 0."""
+    budget (gold_at_kl(scheme, K), gold_at_compute(scheme, C)), bold where its interval excludes 0."""
     lines = []
-    for unit, budgets in (("KL", KL_BUDGETS), ("compute", COMPUTE_BUDGETS)):
+    for unit, budgets, gold_at in (("KL", KL_BUDGETS, gold_at_kl), ("compute", COMPUTE_BUDGETS, gold_at_compute)):
         for budget in budgets:
-            at = {s: readings(s, unit, budget) for s in runs}
+            at = {s: gold_at(s, budget) for s in runs}
             cells = [paired(at[a], at[b], bold=True) if a in at and b in at else "—" for a, b in VERDICT]
             lines.append(f"| {name if not lines else ''} | {unit} {budget} | " + " | ".join(cells) + " |")
     return lines
@@ -220,12 +228,12 @@ def mechanism(root, setting, runs):
     credited = {}
     for scheme, seeds in runs.items():
         coef, count = mechanism_coef(seeds)
-        credited[scheme] = [x for seed in seeds
-                            for x in sample_credit(os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{seed}"))]
+        there = [run_path(root, setting, coef, scheme, seed) for seed in seeds]
+        credited[scheme] = [x for run in there for x in sample_credit(run)]
         length = np.mean([seeds[s][coef]["completion_len"][-1] for s in seeds])
         d2 = np.mean([seeds[s][coef]["distinct_2"][-1] for s in seeds])
-        flags = json.load(open(os.path.join(root, setting, f"kl-{coef}", scheme, f"seed{min(seeds)}", "config.json")))
-        tok = rm_and_tokenizers(flags["flags"]["policy"], flags["flags"]["reward_model"])[1]
+        flags = json.load(open(os.path.join(there[0], "config.json")))["flags"]
+        tok = rm_and_tokenizers(flags["policy"], flags["reward_model"])[1]  # loaded already, by sample_credit
         top = top_tokens(credited[scheme])
         shown = lambda token: "`" + repr(tok.decode([token])).replace("|", "\\|") + "`"  # noqa: E731
         words = ", ".join(f"{shown(t)} {share:.0%}" for t, share in top)
@@ -279,8 +287,8 @@ def analyse(outs, prefix):
         md += [f"## {name}", "", "Runs: " + ", ".join(f"{s} {len(v)} seeds" for s, v in runs.items()), ""]
         kl_axis = lambda scheme: lambda run: run["kl"]  # noqa: E731
         gold_at = lambda s, k: frontier(runs[s], "gold_mean", k, kl_axis(s))  # noqa: E731
-        verdict_table += verdict(f"{name} ({min(map(len, runs.values()))} seeds)", runs, lambda s, unit, budget: gold_at(
-            s, budget) if unit == "KL" else frontier(runs[s], "gold_mean", budget, cost_axis(setting, s, RATIO)))
+        verdict_table += verdict(f"{name} ({min(map(len, runs.values()))} seeds)", runs, gold_at,
+                                 lambda s, c: frontier(runs[s], "gold_mean", c, cost_axis(setting, s, RATIO)))
         md += table("Gold at a KL budget (the primary estimator)", runs, gold_at, KL_BUDGETS, "KL")
         md += table("Proxy at a KL budget", runs, lambda s, k: frontier(runs[s], "proxy_mean", k, kl_axis(s)),
                     KL_BUDGETS, "KL")
@@ -304,7 +312,6 @@ def analyse(outs, prefix):
              "sequence KL (nats)")
         plot(axes[row, 2], runs, lambda run: run["gold_mean"], best("gold_mean"), lambda s: cost_axis(setting, s, RATIO),
              np.linspace(0, 80, 41), COMPUTE_BUDGETS, "compute (sparse-step equivalents)")
-        gap = lambda run: run["proxy_mean"] - run["gold_mean"] - (run["proxy_mean"][0] - run["gold_mean"][0])  # noqa: E731
         plot(axes[row, 3], runs, gap, lambda seeds, g, axis: overoptimisation(seeds, g), kl_axis, kl_grid, KL_BUDGETS,
              "sequence KL (nats)")
         for col, what in enumerate(("gold score", "proxy score", "gold score",
