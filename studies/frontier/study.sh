@@ -6,7 +6,7 @@
 #
 # Phase 1 runs sparse alone at every coefficient; its final KLs decide, by the rule committed in
 # docs/results.md, whether the coefficients are widened (once) before phase 2 runs the other schemes.
-# All 200 runs (and phase 1's 40) used the code of commit 26f9df5, from a worktree; to rerun or resume:
+# All 200 runs (and phase 1's 20 more, at 0.05 and 0.2) used the code of commit 26f9df5, from a worktree; to rerun or resume:
 #   git worktree add /work/frontier 26f9df5 && cd /work/frontier &&
 #   STUDIES=/work/main/studies COEFS="0.025 0.1 0.4 1.6" JOBS=2 bash studies/frontier/study.sh
 # (that commit's script still lists the first coefficients, hence COEFS), and, from /work/main,
